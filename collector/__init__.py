@@ -1,0 +1,66 @@
+"""Runtime observability for FastAPI: which of the ten performance tips a service breaks, where, at what cost.
+
+    import collector
+    collector.instrument(app)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from collector import routes, threadpool, tracing
+from collector.asgi import CollectorMiddleware
+from collector.runtime import Runtime, start_metrics_port
+from collector.settings import ConfigError, Settings, load
+
+__all__ = ["ConfigError", "Settings", "instrument", "uninstrument"]
+
+_ATTR = "_collector_runtime"
+
+
+def instrument(app: Any, **settings: Any) -> Runtime | None:
+    """Attach the collector to a FastAPI (or Starlette) app; a second call returns the first runtime.
+
+    Settings are keyword arguments or ``COLLECTOR_*`` environment variables; a bad value
+    raises ``ConfigError`` here, at start-up.
+    """
+    existing: Runtime | None = getattr(app, _ATTR, None)
+    if existing is not None:
+        return existing
+    config: Settings = load(**settings)
+    if not config.enabled:
+        return None
+    with_tracing = tracing.wanted(config)
+    if with_tracing:
+        tracing.setup_tracing(app, config)
+        routes.capture_span = True
+        if tracing.annotate not in routes.on_route_exit:
+            routes.on_route_exit.append(tracing.annotate)
+    runtime = Runtime(app, config, with_tracing)
+    setattr(app, _ATTR, runtime)
+    routes.install_hooks()
+    threadpool.install()
+    start_metrics_port(config)
+
+    build = app.build_middleware_stack
+
+    def build_middleware_stack() -> Any:
+        stack = build()
+        runtime.on_build()
+        return CollectorMiddleware(stack, runtime)
+
+    app.build_middleware_stack = build_middleware_stack
+    if getattr(app, "middleware_stack", None) is not None:  # the app already served: wrap what it runs
+        app.middleware_stack = CollectorMiddleware(app.middleware_stack, runtime)
+        runtime.on_build()
+    return runtime
+
+
+def uninstrument(app: Any) -> None:
+    """Detach from ``app``: its next stack build no longer has the collector."""
+    runtime: Runtime | None = getattr(app, _ATTR, None)
+    if runtime is None:
+        return
+    delattr(app, _ATTR)
+    app.__dict__.pop("build_middleware_stack", None)
+    app.middleware_stack = None

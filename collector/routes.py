@@ -1,0 +1,216 @@
+"""Route templates and the route inventory, read from Starlette's and FastAPI's routing.
+
+The route a request matched is found by hooking ``handle`` on Starlette's route
+classes (and FastAPI's, which override it): the router calls ``handle`` only after
+matching, on every Starlette/FastAPI version, whatever the nesting of mounts and
+included routers. The hook reads the template there, marks when the endpoint
+side of the request starts and ends, and does nothing outside an observed request.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from time import perf_counter
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from typing import Any
+
+from starlette import routing as starlette_routing
+from starlette.middleware.base import BaseHTTPMiddleware
+
+from collector import _faults
+from collector.context import RequestContext, current
+from collector.metrics import REQUESTS_IN_PROGRESS
+
+Handle = Callable[[Any, MutableMapping[str, Any], Any, Any], Awaitable[None]]
+
+try:  # FastAPI ≥ 0.16x keeps included routers as their own route objects.
+    from fastapi.routing import iter_route_contexts as _iter_route_contexts
+except ImportError:  # older FastAPI flattens included routers into app.routes
+    _iter_route_contexts = None
+
+_originals: dict[tuple[type, str], Handle] = {}
+_in_progress_children: dict[tuple[str, str], Any] = {}
+
+# Hooks that were enabled by instrument(); read on every request, so kept as module flags.
+capture_span = False
+on_route_exit: list[Callable[[RequestContext], None]] = []
+
+
+def _mount_prefix(mount: starlette_routing.Mount) -> str:
+    return mount.path_format.removesuffix("/{path}")
+
+
+def template_of(route: Any, scope: MutableMapping[str, Any]) -> str:
+    """The matched route's path template, included-router prefix and all (not the mount prefix)."""
+    fastapi_scope = scope.get("fastapi")
+    if fastapi_scope is not None:
+        effective = fastapi_scope.get("effective_route_context")
+        if effective is not None and getattr(effective, "original_route", None) is route:
+            starlette_route = getattr(effective, "starlette_route", None)
+            path = getattr(starlette_route, "path_format", None) or getattr(effective, "path_format", None)
+            if path:
+                return str(path)
+    return str(getattr(route, "path_format", None) or getattr(route, "path", ""))
+
+
+def _in_progress(method: str, route: str) -> Any:
+    child = _in_progress_children.get((method, route))
+    if child is None:
+        child = _in_progress_children[(method, route)] = REQUESTS_IN_PROGRESS.labels(method, route)
+    return child
+
+
+async def _run_endpoint_side(
+    original: Handle, route_obj: Any, ctx: RequestContext, template: str, scope: Any, receive: Any, send: Any
+) -> None:
+    ctx.route = template
+    if capture_span:
+        _capture_span(ctx)
+    gauge = _in_progress(ctx.method, template)
+    gauge.inc()
+    ctx.route_enter = perf_counter()
+    try:
+        await original(route_obj, scope, receive, send)
+    finally:
+        ctx.route_exit = perf_counter()
+        gauge.dec()
+        for hook in on_route_exit:
+            try:
+                hook(ctx)
+            except Exception as exc:
+                _faults.record("route_exit", exc)
+
+
+def _capture_span(ctx: RequestContext) -> None:
+    try:
+        from opentelemetry import trace
+
+        span = trace.get_current_span()
+        span_context = span.get_span_context()
+        if span_context.is_valid:
+            ctx.span = span
+            if span_context.trace_flags.sampled:
+                ctx.trace_id = format(span_context.trace_id, "032x")
+    except Exception as exc:
+        _faults.record("tracing", exc)
+
+
+def _leaf_hook(original: Handle) -> Handle:
+    @functools.wraps(original)
+    async def handle(self: Any, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        ctx = current.get()
+        if ctx is None or ctx.route_enter:
+            return await original(self, scope, receive, send)
+        try:
+            template = ctx.mount_prefix + template_of(self, scope)
+        except Exception as exc:
+            _faults.record("routing", exc)
+            return await original(self, scope, receive, send)
+        await _run_endpoint_side(original, self, ctx, template, scope, receive, send)
+
+    return handle
+
+
+def _mount_hook(original: Handle) -> Handle:
+    @functools.wraps(original)
+    async def handle(self: Any, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        ctx = current.get()
+        if ctx is None or ctx.route_enter:
+            return await original(self, scope, receive, send)
+        try:
+            prefix = ctx.mount_prefix + _mount_prefix(self)
+            is_leaf = not getattr(self, "routes", None)
+        except Exception as exc:
+            _faults.record("routing", exc)
+            return await original(self, scope, receive, send)
+        if is_leaf:  # a mounted ASGI app or StaticFiles: the mount is the route
+            await _run_endpoint_side(original, self, ctx, prefix + "/{path}", scope, receive, send)
+        else:
+            ctx.mount_prefix = prefix
+            await original(self, scope, receive, send)
+
+    return handle
+
+
+def _hook_targets() -> Iterator[tuple[type, Callable[[Handle], Handle]]]:
+    yield starlette_routing.Route, _leaf_hook
+    yield starlette_routing.WebSocketRoute, _leaf_hook
+    yield starlette_routing.Mount, _mount_hook
+    try:
+        from fastapi import routing as fastapi_routing
+    except ImportError:
+        return
+    for cls in (fastapi_routing.APIRoute, fastapi_routing.APIWebSocketRoute):
+        if "handle" in cls.__dict__:
+            yield cls, _leaf_hook
+
+
+def install_hooks() -> None:
+    """Hook ``handle`` on the route classes; a second call does nothing."""
+    for cls, make in _hook_targets():
+        key = (cls, "handle")
+        if key not in _originals:
+            original = cls.__dict__["handle"]
+            _originals[key] = original
+            setattr(cls, "handle", make(original))  # noqa: B010
+
+
+def remove_hooks() -> None:
+    for (cls, name), original in _originals.items():
+        setattr(cls, name, original)
+    _originals.clear()
+
+
+def handler_kind(endpoint: Any) -> str:
+    """``async`` when the endpoint runs on the event loop, ``sync`` when FastAPI sends it to the thread pool."""
+    fn = inspect.unwrap(endpoint)
+    while isinstance(fn, functools.partial):
+        fn = inspect.unwrap(fn.func)
+    if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
+        return "async"
+    if not inspect.isfunction(fn) and not inspect.ismethod(fn):
+        call = getattr(fn, "__call__", None)  # noqa: B004
+        if call is not None and inspect.iscoroutinefunction(call):
+            return "async"
+    return "sync"
+
+
+def _expand(routes: Any) -> Iterator[tuple[Any, str | None, Any, Any]]:
+    if _iter_route_contexts is not None:
+        for rc in _iter_route_contexts(list(routes)):
+            yield rc.original_route, rc.path_format, rc.methods, rc.endpoint
+    else:
+        for route in routes:
+            yield route, getattr(route, "path_format", None), getattr(route, "methods", None), getattr(
+                route, "endpoint", None
+            )
+
+
+def iter_endpoints(routes: Any, prefix: str = "") -> Iterator[tuple[str, str, str]]:
+    """(method, route template, kind) for every HTTP endpoint, into mounted sub-apps."""
+    for route, path, methods, endpoint in _expand(routes):
+        if isinstance(route, starlette_routing.Mount):
+            if route.routes:
+                yield from iter_endpoints(route.routes, prefix + _mount_prefix(route))
+            continue
+        if not methods or endpoint is None or path is None:
+            continue
+        kind = handler_kind(endpoint)
+        for method in sorted(methods):
+            if method == "HEAD" and "GET" in methods:
+                continue
+            yield method, prefix + path, kind
+
+
+def iter_middlewares(app: Any) -> Iterator[tuple[str, str]]:
+    """(name, kind) for each middleware the app added, outermost first."""
+    for entry in getattr(app, "user_middleware", []):
+        cls = entry.cls
+        kwargs = getattr(entry, "kwargs", {}) or {}
+        if isinstance(cls, type) and issubclass(cls, BaseHTTPMiddleware):
+            dispatch = kwargs.get("dispatch")
+            name = getattr(dispatch, "__qualname__", None) or cls.__qualname__
+            yield name, "base_http"
+        else:
+            yield getattr(cls, "__qualname__", repr(cls)), "asgi"

@@ -1,0 +1,117 @@
+"""What ``instrument(app)`` sets up for one app, and the per-process samplers it starts."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from time import perf_counter
+from typing import Any
+
+from collector import _faults, _multiprocess, exposition, routes, threadpool
+from collector.context import in_flight
+from collector.event_loop import LoopMonitor
+from collector.metrics import MIDDLEWARES, ROUTE_HANDLERS
+from collector.process import ProcessSampler
+from collector.settings import Settings
+
+logger = logging.getLogger("collector")
+
+# One heartbeat per event loop, however many apps are instrumented in the process.
+_monitors: dict[asyncio.AbstractEventLoop, LoopMonitor] = {}
+_process: ProcessSampler | None = None
+
+
+class Runtime:
+    def __init__(self, app: Any, settings: Settings, tracing: bool) -> None:
+        self.app = app
+        self.settings = settings
+        self.started = False
+        self.exemplars = tracing and not _multiprocess.enabled()
+        self.own_paths = {settings.metrics_path} if settings.metrics_port == 0 else set()
+        self.own_prefix = settings.profile_path if settings.profile_endpoint else ""
+        self._next_process_sample = 0.0
+
+    def on_build(self) -> None:
+        """Record the route and middleware inventories once the app's stack is built."""
+        try:
+            for method, route, kind in routes.iter_endpoints(self.app.routes):
+                if route not in self.own_paths:
+                    ROUTE_HANDLERS.labels(method, route, kind).set(1)
+            for name, kind in routes.iter_middlewares(self.app):
+                MIDDLEWARES.labels(name, kind).set(1)
+                if kind == "base_http":
+                    logger.warning(
+                        "collector: %s is a BaseHTTPMiddleware; it costs every request (tip 8), "
+                        "a pure ASGI middleware does the same for far less",
+                        name,
+                    )
+        except Exception as exc:
+            _faults.record("inventory", exc)
+
+    def start(self) -> None:
+        """Start the samplers for the running loop; called at lifespan start-up or the first request."""
+        self.started = True
+        global _process
+        try:
+            loop = asyncio.get_running_loop()
+            if _process is None:
+                _process = ProcessSampler()
+                _process.start()
+            if loop not in _monitors:
+                monitor = LoopMonitor(
+                    interval=self.settings.heartbeat_interval,
+                    threshold=self.settings.stall_threshold,
+                    max_locations=self.settings.stall_locations_max,
+                    in_flight=in_flight,
+                    on_beat=self._on_beat,
+                )
+                monitor.start()
+                _monitors[loop] = monitor
+        except Exception as exc:
+            _faults.record("start", exc)
+
+    def stop(self) -> None:
+        try:
+            monitor = _monitors.pop(asyncio.get_running_loop(), None)
+            if monitor is not None:
+                monitor.stop()
+        except Exception as exc:
+            _faults.record("stop", exc)
+        self.started = False
+
+    def _on_beat(self, now: float) -> None:
+        threadpool.sample()
+        if now >= self._next_process_sample and _process is not None:
+            self._next_process_sample = now + self.settings.process_sample_interval
+            _process.sample()
+
+    async def lifespan(self, app: Any, scope: Any, receive: Any, send: Any) -> None:
+        async def receive_wrapper() -> Any:
+            message = await receive()
+            kind = message.get("type")
+            if kind == "lifespan.startup" and not self.started:
+                self.start()
+            elif kind == "lifespan.shutdown":
+                self.stop()
+            return message
+
+        await app(scope, receive_wrapper, send)
+
+    async def serve_own(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["path"] in self.own_paths:
+            await exposition.serve(scope, receive, send)
+        else:
+            from collector import profiling
+
+            await profiling.serve(self.settings, scope, receive, send)
+
+
+def start_metrics_port(settings: Settings) -> None:
+    if settings.metrics_port and not _multiprocess.enabled():
+        try:
+            exposition.start_server(settings.metrics_port, settings.metrics_addr)
+        except OSError as exc:
+            _faults.record("exposition", exc)
+
+
+__all__ = ["Runtime", "perf_counter", "start_metrics_port"]

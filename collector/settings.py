@@ -1,0 +1,66 @@
+"""Settings: keyword arguments to ``instrument()`` or ``COLLECTOR_*`` environment variables."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ConfigError(ValueError):
+    """A setting has a value the collector cannot use; raised at start-up, never per request."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="COLLECTOR_", extra="forbid", frozen=True)
+
+    enabled: bool = True
+    metrics_path: str = "/metrics"
+    # 0 serves metrics on the app itself at metrics_path; any other port gets its own server.
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    metrics_addr: str = "0.0.0.0"
+
+    heartbeat_interval: float = Field(default=0.025, gt=0, le=5)
+    stall_threshold: float = Field(default=0.1, gt=0, le=60)
+    stall_locations_max: int = Field(default=20, ge=1, le=1000)
+    process_sample_interval: float = Field(default=1.0, gt=0, le=60)
+
+    tracing: Literal["auto", "on", "off"] = "auto"
+    trace_sample_ratio: float = Field(default=0.1, ge=0, le=1)
+
+    n_plus_one_threshold: int = Field(default=5, ge=2, le=10_000)
+    slow_query_threshold: float = Field(default=0.5, gt=0)
+
+    profile: bool = False
+    profile_threshold: float = Field(default=1.0, gt=0)
+    profile_percentile: float = Field(default=99.0, gt=0, le=100)
+    profile_interval: float = Field(default=0.001, gt=0, le=1)
+    profile_store_count: int = Field(default=50, ge=1, le=10_000)
+    profile_store_bytes: int = Field(default=20_000_000, ge=10_000)
+    profile_endpoint: bool = False
+    profile_path: str = "/_collector/profiles"
+    profile_token: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        for name in ("metrics_path", "profile_path"):
+            if not getattr(self, name).startswith("/"):
+                raise ValueError(f"{name} must start with '/'")
+        if self.profile_endpoint and not self.profile_token:
+            raise ValueError("profile_endpoint needs profile_token (COLLECTOR_PROFILE_TOKEN): profiles show code")
+        return self
+
+
+def load(**overrides: Any) -> Settings:
+    """Settings from keyword arguments over ``COLLECTOR_*`` variables, or a ``ConfigError``."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            field = ".".join(str(part) for part in error["loc"])
+            where = f"{field} (COLLECTOR_{field.upper()})" if field else "settings"
+            value = f" = {error['input']!r}" if field and "input" in error else ""
+            problems.append(f"{where}{value}: {error['msg']}")
+        raise ConfigError("collector: invalid settings:\n  " + "\n  ".join(problems)) from None

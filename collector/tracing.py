@@ -1,0 +1,64 @@
+"""OpenTelemetry set-up: the FastAPI instrumentation, a sampler, and OTLP when configured."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from collector.settings import Settings
+
+
+def otlp_endpoint() -> str | None:
+    return os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+
+
+def wanted(settings: Settings) -> bool:
+    return settings.tracing == "on" or (settings.tracing == "auto" and otlp_endpoint() is not None)
+
+
+def setup_tracing(app: Any, settings: Settings, exporter: Any = None) -> None:
+    """Trace requests of ``app``: server spans only, no per-message send/receive spans.
+
+    A tracer provider the application configured itself is kept; otherwise one is made
+    with a parent-based ratio sampler and an OTLP exporter when
+    ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set (``exporter`` overrides it).
+    """
+    from opentelemetry import trace
+    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        provider = TracerProvider(
+            resource=Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", "fastapi")}),
+            sampler=ParentBased(TraceIdRatioBased(settings.trace_sample_ratio)),
+        )
+        trace.set_tracer_provider(provider)
+    if exporter is None and otlp_endpoint() is not None:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        exporter = OTLPSpanExporter()
+    if exporter is not None:
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+    excluded = ",".join([settings.metrics_path, settings.profile_path])
+    FastAPIInstrumentor.instrument_app(
+        app, tracer_provider=provider, exclude_spans=["receive", "send"], excluded_urls=excluded
+    )
+
+
+def annotate(ctx: Any) -> None:
+    """Write the request's collected facts on its server span (called as the route returns)."""
+    span = ctx.span
+    if span is None or not span.is_recording():
+        return
+    span.set_attribute("collector.route", ctx.route or "")
+    if ctx.queries:
+        span.set_attribute("collector.db.queries", ctx.queries)
+    if ctx.stalls:
+        for location, seconds in ctx.stalls:
+            span.add_event("event_loop.stall", {"code.location": location, "stall.seconds": seconds})
+    if ctx.profile_id:
+        span.set_attribute("collector.profile_id", ctx.profile_id)
