@@ -13,7 +13,13 @@ from collector.asgi import CollectorMiddleware
 from collector.runtime import Runtime, start_metrics_port
 from collector.settings import ConfigError, Settings, load
 
-__all__ = ["ConfigError", "Settings", "instrument", "uninstrument"]
+__all__ = [
+    "ConfigError",
+    "Settings",
+    "instrument",
+    "uninstrument",
+    # Data-path instrumentors are re-exported below, one line each.
+]
 
 _ATTR = "_collector_runtime"
 
