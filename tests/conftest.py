@@ -41,13 +41,13 @@ def parse_metrics(text: str) -> Samples:
     return samples
 
 
-def value(samples: Samples, name: str, **labels: str) -> float:
+def value(samples: Samples, name: str, /, **labels: str) -> float:
     """Sum of the samples of ``name`` whose labels include ``labels``."""
     wanted = set(labels.items())
     return sum(v for (n, ls), v in samples.items() if n == name and wanted <= ls)
 
 
-def series(samples: Samples, name: str) -> list[dict[str, str]]:
+def series(samples: Samples, name: str, /) -> list[dict[str, str]]:
     return [dict(ls) for (n, ls) in samples if n == name]
 
 
