@@ -16,6 +16,8 @@ UNMATCHED = "unmatched"
 
 class RequestContext:
     __slots__ = (
+        "cache_hits",
+        "cache_misses",
         "dependency_seconds",
         "method",
         "mount_prefix",
@@ -56,6 +58,8 @@ class RequestContext:
         self.validation_response_seconds = 0.0
         self.serialization_seconds = 0.0
         self.profile_id: str | None = None
+        self.cache_hits = 0
+        self.cache_misses = 0
 
     @property
     def route_label(self) -> str:
