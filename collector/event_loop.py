@@ -31,7 +31,7 @@ UNKNOWN_LOCATION = "unknown"
 def _library_dirs() -> tuple[str, ...]:
     dirs = set()
     paths = sysconfig.get_paths()
-    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
+    for key in ("stdlib", "platstdlib", "purelib", "platlib", "scripts"):
         if key in paths:
             dirs.add(os.path.realpath(paths[key]))
     for d in [*site.getsitepackages(), site.getusersitepackages()]:

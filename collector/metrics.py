@@ -81,11 +81,12 @@ THREADPOOL_QUEUE = Histogram(
 # Workers (tip 4)
 WORKERS = Gauge("fastapi_workers", "Live worker processes serving the app.", multiprocess_mode="livesum")
 CPU_CORES = Gauge("fastapi_cpu_cores", "CPU cores available to the app.", multiprocess_mode="max")
+# In multi-process mode prometheus_client adds the pid label itself ("liveall"); here it is ours.
 WORKER_CPU = Gauge(
     "fastapi_worker_cpu_utilization",
     "CPU used by one worker process, in cores (1.0 is one core busy).",
-    ["pid"],
-    multiprocess_mode="livemax",
+    [] if _multiprocess.enabled() else ["pid"],
+    multiprocess_mode="liveall",
 )
 
 # Middleware (tip 8)

@@ -18,7 +18,7 @@ def cpu_cores() -> int:
 class ProcessSampler:
     def __init__(self) -> None:
         self.pid = os.getpid()
-        self._cpu = WORKER_CPU.labels(str(self.pid))
+        self._cpu = WORKER_CPU.labels(str(self.pid)) if WORKER_CPU._labelnames else WORKER_CPU
         self._last_wall = time.perf_counter()
         self._last_cpu = time.process_time()
 
