@@ -10,15 +10,31 @@ from typing import Any
 
 from collector import routes, threadpool, tracing
 from collector.asgi import CollectorMiddleware
+from collector.cache import (
+    CacheHeaderMiddleware,
+    instrument_cashews,
+    instrument_redis,
+    record_cache,
+    track_cache,
+    uninstrument_cashews,
+    uninstrument_redis,
+)
 from collector.runtime import Runtime, start_metrics_port
 from collector.settings import ConfigError, Settings, load
 
 __all__ = [
+    # Data-path instrumentors are re-exported here too, one line each (kept sorted for ruff).
+    "CacheHeaderMiddleware",
     "ConfigError",
     "Settings",
     "instrument",
+    "instrument_cashews",
+    "instrument_redis",
+    "record_cache",
+    "track_cache",
     "uninstrument",
-    # Data-path instrumentors are re-exported below, one line each.
+    "uninstrument_cashews",
+    "uninstrument_redis",
 ]
 
 _ATTR = "_collector_runtime"
@@ -27,13 +43,18 @@ _ATTR = "_collector_runtime"
 def instrument(app: Any, **settings: Any) -> Runtime | None:
     """Attach the collector to a FastAPI (or Starlette) app; a second call returns the first runtime.
 
-    Settings are keyword arguments or ``COLLECTOR_*`` environment variables; a bad value
-    raises ``ConfigError`` here, at start-up.
+    Settings are keyword arguments or ``COLLECTOR_*`` environment variables. A bad keyword
+    raises ``ConfigError``; a bad variable stops the process with the reason, at start-up.
     """
     existing: Runtime | None = getattr(app, _ATTR, None)
     if existing is not None:
         return existing
-    config: Settings = load(**settings)
+    try:
+        config: Settings = load(**settings)
+    except ConfigError as exc:
+        if exc.from_environment:  # an operator's mistake: the reason, not a traceback into their app
+            raise SystemExit(str(exc)) from None
+        raise
     if not config.enabled:
         return None
     with_tracing = tracing.wanted(config)

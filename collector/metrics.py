@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from collector import _multiprocess
+from collector import _faults, _multiprocess
 
 _multiprocess.ensure_usable_value_store()
 
@@ -196,3 +196,5 @@ COLLECTOR_ERRORS = Counter(
     "Faults inside the collector; the request went on.",
     ["component"],
 )
+
+_faults.flush_pending()

@@ -34,6 +34,8 @@ _in_progress_children: dict[tuple[str, str], Any] = {}
 
 # Hooks that were enabled by instrument(); read on every request, so kept as module flags.
 capture_span = False
+# Called once per request when its endpoint has produced the whole response (or raised),
+# while the request's span is still open.
 on_route_exit: list[Callable[[RequestContext], None]] = []
 
 
@@ -69,17 +71,33 @@ async def _run_endpoint_side(
         _capture_span(ctx)
     gauge = _in_progress(ctx.method, template)
     gauge.inc()
+    ended = False
+
+    async def send_wrapper(message: Any) -> None:
+        # Summaries go out before the last body chunk: tracing ends the span as that chunk passes.
+        nonlocal ended
+        if not ended and message["type"] == "http.response.body" and not message.get("more_body", False):
+            ended = True
+            ctx.route_exit = perf_counter()
+            _endpoint_done(ctx)
+        await send(message)
+
     ctx.route_enter = perf_counter()
     try:
-        await original(route_obj, scope, receive, send)
+        await original(route_obj, scope, receive, send_wrapper)
     finally:
         ctx.route_exit = perf_counter()
         gauge.dec()
-        for hook in on_route_exit:
-            try:
-                hook(ctx)
-            except Exception as exc:
-                _faults.record("route_exit", exc)
+        if not ended:
+            _endpoint_done(ctx)
+
+
+def _endpoint_done(ctx: RequestContext) -> None:
+    for hook in on_route_exit:
+        try:
+            hook(ctx)
+        except Exception as exc:
+            _faults.record("route_exit", exc)
 
 
 def _capture_span(ctx: RequestContext) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
@@ -10,6 +11,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 class ConfigError(ValueError):
     """A setting has a value the collector cannot use; raised at start-up, never per request."""
+
+    def __init__(self, message: str, *, from_environment: bool = False) -> None:
+        super().__init__(message)
+        self.from_environment = from_environment
 
 
 class Settings(BaseSettings):
@@ -58,9 +63,14 @@ def load(**overrides: Any) -> Settings:
         return Settings(**overrides)
     except ValidationError as exc:
         problems = []
+        from_environment = False
         for error in exc.errors():
             field = ".".join(str(part) for part in error["loc"])
+            # A cross-field error (no field) comes from the environment when any variable is set.
+            in_env = field not in overrides if field else any(k.startswith("COLLECTOR_") for k in os.environ)
+            from_environment = from_environment or in_env
             where = f"{field} (COLLECTOR_{field.upper()})" if field else "settings"
             value = f" = {error['input']!r}" if field and "input" in error else ""
             problems.append(f"{where}{value}: {error['msg']}")
-        raise ConfigError("collector: invalid settings:\n  " + "\n  ".join(problems)) from None
+        message = "collector: invalid settings:\n  " + "\n  ".join(problems)
+        raise ConfigError(message, from_environment=from_environment) from None

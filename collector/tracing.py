@@ -30,6 +30,8 @@ def setup_tracing(app: Any, settings: Settings, exporter: Any = None) -> None:
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
     from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
+    if getattr(app, "_is_instrumented_by_opentelemetry", False):
+        return
     provider = trace.get_tracer_provider()
     if not isinstance(provider, TracerProvider):
         provider = TracerProvider(

@@ -1,0 +1,55 @@
+"""Faults inside the collector are counted and the request goes on."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+import collector
+from collector import _faults, routes
+from tests.conftest import value
+
+
+def test_an_unusable_multiprocess_directory_is_counted_and_requests_succeed(serve: Any, tmp_path: Path) -> None:
+    not_a_directory = tmp_path / "metrics-dir"
+    not_a_directory.write_text("a file where a directory should be")
+    server = serve("tests.apps.core:app", env={"PROMETHEUS_MULTIPROC_DIR": str(not_a_directory)})
+    assert server.get("/items/1").status_code == 200
+    metrics = server.metrics()
+    assert value(metrics, "fastapi_collector_errors_total", component="multiprocess") == 1
+    assert value(metrics, "fastapi_request_duration_seconds_count", route="/items/{item_id}") == 1
+    assert "is not a writable directory" in server.output()
+
+
+def test_a_fault_in_a_request_hook_is_counted_and_the_response_is_intact() -> None:
+    app = FastAPI()
+
+    @app.get("/ok")
+    async def ok() -> dict[str, bool]:
+        return {"ok": True}
+
+    collector.instrument(app)
+
+    def broken_hook(ctx: Any) -> None:
+        raise RuntimeError("a bug in the collector")
+
+    routes.on_route_exit.append(broken_hook)
+    before = _faults.fault_counts.get("route_exit", 0)
+    try:
+        with TestClient(app) as client:
+            response = client.get("/ok")
+    finally:
+        routes.on_route_exit.remove(broken_hook)
+    assert response.status_code == 200 and response.json() == {"ok": True}
+    assert _faults.fault_counts["route_exit"] == before + 1
+
+
+def test_the_fault_log_is_rate_limited(caplog: Any) -> None:
+    for _ in range(5):
+        _faults.record("test_component", RuntimeError("boom"))
+    assert sum("test_component" in r.getMessage() for r in caplog.records) == 1
+    assert os.environ.get("PROMETHEUS_MULTIPROC_DIR") is None
