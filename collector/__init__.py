@@ -1,7 +1,7 @@
 """Runtime observability for FastAPI: which of the ten performance tips a service breaks, where, at what cost.
 
-    import collector
-    collector.instrument(app)
+import collector
+collector.instrument(app)
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from collector.cache import (
     uninstrument_cashews,
     uninstrument_redis,
 )
+from collector.database import instrument_engine, uninstrument_engine
 from collector.runtime import Runtime, start_metrics_port
 from collector.settings import ConfigError, Settings, load
 
@@ -29,11 +30,13 @@ __all__ = [
     "Settings",
     "instrument",
     "instrument_cashews",
+    "instrument_engine",
     "instrument_redis",
     "record_cache",
     "track_cache",
     "uninstrument",
     "uninstrument_cashews",
+    "uninstrument_engine",
     "uninstrument_redis",
 ]
 

@@ -19,7 +19,9 @@ Receive = Callable[[], Any]
 Send = Callable[[Message], Any]
 
 # Methods outside this set share one label value, so a client cannot add series.
-_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT", "QUERY"})
+_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT", "QUERY"}
+)
 
 
 class CollectorMiddleware:
@@ -34,14 +36,17 @@ class CollectorMiddleware:
         scope_type = scope["type"]
         if scope_type != "http":
             if scope_type == "lifespan":
-                return await self.runtime.lifespan(self.app, scope, receive, send)
-            return await self.app(scope, receive, send)
+                await self.runtime.lifespan(self.app, scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
+            return
         runtime = self.runtime
         if not runtime.started:
             runtime.start()
         path = scope["path"]
         if path in runtime.own_paths or (runtime.own_prefix and path.startswith(runtime.own_prefix)):
-            return await runtime.serve_own(scope, receive, send)
+            await runtime.serve_own(scope, receive, send)
+            return
 
         method = scope["method"]
         ctx = RequestContext(method if method in _METHODS else "other", perf_counter())

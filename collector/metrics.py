@@ -180,7 +180,9 @@ DB_SLOW_QUERIES = Counter(
 )
 
 # Static files (tip 7)
-STATIC_RESPONSES = Counter("fastapi_static_responses_total", "Static-file responses served by the app.", ["mount"])
+STATIC_RESPONSES = Counter(
+    "fastapi_static_responses_total", "Static-file responses served by the app.", ["mount"]
+)
 STATIC_BYTES = Counter("fastapi_static_bytes_total", "Static-file bytes served by the app.", ["mount"])
 
 # Profiles (tip 10)

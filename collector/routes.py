@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import functools
 import inspect
-from time import perf_counter
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from time import perf_counter
 from typing import Any
 
 from starlette import routing as starlette_routing
@@ -24,9 +24,11 @@ from collector.metrics import REQUESTS_IN_PROGRESS
 
 Handle = Callable[[Any, MutableMapping[str, Any], Any, Any], Awaitable[None]]
 
-try:  # FastAPI ≥ 0.16x keeps included routers as their own route objects.
+# FastAPI ≥ 0.16x keeps included routers as their own route objects; older ones flatten them.
+_iter_route_contexts: Callable[[Any], Iterator[Any]] | None
+try:
     from fastapi.routing import iter_route_contexts as _iter_route_contexts
-except ImportError:  # older FastAPI flattens included routers into app.routes
+except ImportError:
     _iter_route_contexts = None
 
 _originals: dict[tuple[type, str], Handle] = {}
@@ -181,7 +183,7 @@ def remove_hooks() -> None:
 
 
 def handler_kind(endpoint: Any) -> str:
-    """``async`` when the endpoint runs on the event loop, ``sync`` when FastAPI sends it to the thread pool."""
+    """``async`` if the endpoint runs on the event loop, ``sync`` if FastAPI runs it in the thread pool."""
     fn = inspect.unwrap(endpoint)
     while isinstance(fn, functools.partial):
         fn = inspect.unwrap(fn.func)
@@ -200,8 +202,11 @@ def _expand(routes: Any) -> Iterator[tuple[Any, str | None, Any, Any]]:
             yield rc.original_route, rc.path_format, rc.methods, rc.endpoint
     else:
         for route in routes:
-            yield route, getattr(route, "path_format", None), getattr(route, "methods", None), getattr(
-                route, "endpoint", None
+            yield (
+                route,
+                getattr(route, "path_format", None),
+                getattr(route, "methods", None),
+                getattr(route, "endpoint", None),
             )
 
 

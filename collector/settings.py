@@ -53,7 +53,9 @@ class Settings(BaseSettings):
             if not getattr(self, name).startswith("/"):
                 raise ValueError(f"{name} must start with '/'")
         if self.profile_endpoint and not self.profile_token:
-            raise ValueError("profile_endpoint needs profile_token (COLLECTOR_PROFILE_TOKEN): profiles show code")
+            raise ValueError(
+                "profile_endpoint needs profile_token (COLLECTOR_PROFILE_TOKEN): profiles show code"
+            )
         return self
 
 

@@ -47,7 +47,7 @@ def install() -> None:
     global _original
     if _original is None:
         _original = anyio.to_thread.run_sync
-        anyio.to_thread.run_sync = run_sync
+        anyio.to_thread.run_sync = run_sync  # type: ignore[assignment]
 
 
 def uninstall() -> None:

@@ -14,7 +14,9 @@ from collector import _faults, routes
 from tests.conftest import value
 
 
-def test_an_unusable_multiprocess_directory_is_counted_and_requests_succeed(serve: Any, tmp_path: Path) -> None:
+def test_an_unusable_multiprocess_directory_is_counted_and_requests_succeed(
+    serve: Any, tmp_path: Path
+) -> None:
     not_a_directory = tmp_path / "metrics-dir"
     not_a_directory.write_text("a file where a directory should be")
     server = serve("tests.apps.core:app", env={"PROMETHEUS_MULTIPROC_DIR": str(not_a_directory)})

@@ -30,7 +30,9 @@ def test_keyword_arguments_override_environment(monkeypatch: pytest.MonkeyPatch)
         ({"COLLECTOR_PROFILE_ENDPOINT": "true"}, "profile_token"),
     ],
 )
-def test_a_bad_value_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], needle: str) -> None:
+def test_a_bad_value_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], needle: str
+) -> None:
     for key, val in env.items():
         monkeypatch.setenv(key, val)
     with pytest.raises(ConfigError) as error:
@@ -49,7 +51,9 @@ def test_a_server_with_a_bad_setting_stops_at_start_up_with_the_reason() -> None
     cmd = [sys.executable, "-m", "uvicorn", "tests.apps.core:app", "--port", str(free_port())]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=30, check=False)
     assert result.returncode != 0
-    assert "stall_threshold (COLLECTOR_STALL_THRESHOLD) = '-1': Input should be greater than 0" in result.stderr
+    assert (
+        "stall_threshold (COLLECTOR_STALL_THRESHOLD) = '-1': Input should be greater than 0" in result.stderr
+    )
     assert "Traceback" not in result.stderr
 
 
