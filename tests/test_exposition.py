@@ -39,3 +39,15 @@ def test_openmetrics_scrape_carries_trace_id_exemplars(serve: Any) -> None:
     assert len(lines) == 1
     trace_id = lines[0].split('trace_id="')[1].split('"')[0]
     assert len(trace_id) == 32 and int(trace_id, 16) != 0
+
+
+def test_gunicorn_master_serves_the_separate_port_for_all_workers(serve: Any, multiproc_dir: str) -> None:
+    port = free_port()
+    env = {"PROMETHEUS_MULTIPROC_DIR": multiproc_dir, "COLLECTOR_METRICS_PORT": str(port)}
+    server = serve("tests.apps.core:app", server="gunicorn", workers=2, env=env, ready_path="/items/0")
+    with server.client() as client:
+        for i in range(20):
+            client.get(f"/items/{i}", headers={"connection": "close"})
+    metrics = parse_metrics(httpx.get(f"http://127.0.0.1:{port}/metrics").text)
+    assert value(metrics, "fastapi_request_duration_seconds_count", route="/items/{item_id}") == 21
+    assert value(metrics, "fastapi_workers") == 2

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import collector
 from collector import tracing
 from collector.settings import load
+from tests.conftest import free_port
 
 
 def _traced_app(exporter: InMemorySpanExporter) -> FastAPI:
@@ -58,3 +63,39 @@ def test_a_stall_is_an_event_on_the_span_of_the_request_that_caused_it() -> None
     assert len(events) == 1
     assert events[0].attributes is not None
     assert str(events[0].attributes["code.location"]).startswith("tests/test_tracing.py:blocking_view:")
+
+
+def test_spans_are_exported_over_otlp_when_the_endpoint_is_set(serve: Any) -> None:
+    received: list[bytes] = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append(self.rfile.read(int(self.headers["content-length"])))
+            self.send_response(200)
+            self.send_header("content-type", "application/x-protobuf")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    port = free_port()
+    receiver = HTTPServer(("127.0.0.1", port), Receiver)
+    thread = threading.Thread(target=receiver.serve_forever, daemon=True)
+    thread.start()
+    try:
+        env = {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+            "OTEL_BSP_SCHEDULE_DELAY": "100",
+            "COLLECTOR_TRACE_SAMPLE_RATIO": "1.0",
+        }
+        server = serve("tests.apps.core:app", env=env)
+        server.get("/items/7")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not received:
+            time.sleep(0.1)
+    finally:
+        receiver.shutdown()
+    request = ExportTraceServiceRequest()
+    request.ParseFromString(received[0])
+    names = [s.name for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans]
+    assert names == ["GET /items/{item_id}"]
