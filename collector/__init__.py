@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from collector import routes, threadpool, tracing
+from collector import fastapi_hooks, resources, routes, static, threadpool, tracing
 from collector.asgi import CollectorMiddleware
 from collector.cache import (
     CacheHeaderMiddleware,
@@ -60,6 +60,9 @@ def instrument(app: Any, **settings: Any) -> Runtime | None:
         raise
     if not config.enabled:
         return None
+    fastapi_hooks.install()  # first: an unsupported FastAPI fails here, before anything is attached
+    resources.install()
+    static.install()
     with_tracing = tracing.wanted(config)
     if with_tracing:
         tracing.setup_tracing(app, config)
@@ -92,5 +95,8 @@ def uninstrument(app: Any) -> None:
     if runtime is None:
         return
     delattr(app, _ATTR)
+    fastapi_hooks.uninstall()
+    resources.uninstall()
+    static.uninstall()
     app.__dict__.pop("build_middleware_stack", None)
     app.middleware_stack = None

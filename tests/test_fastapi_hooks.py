@@ -1,0 +1,200 @@
+"""FastAPI's phases timed per route on a real uvicorn server, on the oldest and newest FastAPI supported."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tomllib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import fastapi
+import pytest
+from fastapi import FastAPI
+from fastapi import routing as fastapi_routing
+from fastapi.dependencies import utils as dependency_utils
+
+import collector
+from tests.conftest import ROOT, Samples, Server, _wait_ready, free_port, value
+
+APP = "tests.apps.pydantic_app:app"
+OLDEST = "0.115.0"
+OLD_VENV = Path("/tmp") / f"collector-fastapi-{OLDEST}"
+DEPENDENCY_SECONDS = 0.05  # as tests/apps/pydantic_app.py sleeps in its dependency
+ROWS = 3000  # rows its list routes return
+
+
+def _build_old_venv() -> Path:
+    """A venv with the oldest supported FastAPI and the collector's other dependencies, built once."""
+    ready = OLD_VENV / ".ready"
+    if ready.exists():
+        return OLD_VENV
+    uv = shutil.which("uv")
+    if uv is None:
+        pytest.skip("uv is not installed: cannot build a venv with the oldest FastAPI")
+    shutil.rmtree(OLD_VENV, ignore_errors=True)
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    requirements = [r for r in project["dependencies"] if not r.startswith("fastapi")]
+    python = f"{sys.version_info.major}.{sys.version_info.minor}"
+    subprocess.run([uv, "venv", "-q", "--python", python, str(OLD_VENV)], check=True, timeout=60)
+    install = [uv, "pip", "install", "-q", "--python", str(OLD_VENV / "bin" / "python")]
+    subprocess.run([*install, f"fastapi=={OLDEST}", "uvicorn", *requirements], check=True, timeout=120)
+    ready.touch()
+    return OLD_VENV
+
+
+def _start(python: Path, log: Path) -> Server:
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [str(python), "-m", "uvicorn", APP, "--host", "127.0.0.1", "--port", str(port), "--no-access-log"]
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    server = Server(f"http://127.0.0.1:{port}", process, log, env)
+    try:
+        _wait_ready(server, "/metrics")
+    except BaseException:
+        _stop(server)
+        raise
+    return server
+
+
+def _stop(server: Server) -> None:
+    os.killpg(server.process.pid, signal.SIGTERM)
+    server.process.wait(10)
+
+
+@pytest.fixture(scope="module", params=["newest", "oldest"])
+def app_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The test app on uvicorn, under the project's FastAPI or under the oldest supported one."""
+    python = Path(sys.executable) if request.param == "newest" else _build_old_venv() / "bin" / "python"
+    version = subprocess.run(
+        [str(python), "-c", "import fastapi; print(fastapi.__version__)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert version == (fastapi.__version__ if request.param == "newest" else OLDEST)
+    server = _start(python, tmp_path_factory.mktemp(request.param) / "server.log")
+    yield server
+    _stop(server)
+
+
+def _growth(server: Server, before: Samples) -> Callable[..., float]:
+    """How much a metric grew since ``before``: the tests share one server per FastAPI version."""
+    after = server.metrics()
+    return lambda name, **labels: value(after, name, **labels) - value(before, name, **labels)
+
+
+def _rows(n: int) -> list[dict[str, Any]]:
+    return [{"id": i, "name": f"row {i}", "tags": ["a", "b"], "score": 0.5} for i in range(n)]
+
+
+def test_dependency_time_is_the_dependencies_own_time_not_validation(app_server: Server) -> None:
+    before = app_server.metrics()
+    with app_server.client() as client:
+        for i in range(3):
+            assert client.get(f"/slow-dependency/{i}").status_code == 200
+    grown = _growth(app_server, before)
+    route = "/slow-dependency/{item_id}"
+    assert grown("fastapi_dependency_duration_seconds_count", route=route) == 3
+    dependency = grown("fastapi_dependency_duration_seconds_sum", route=route)
+    assert 3 * DEPENDENCY_SECONDS <= dependency < 3 * (DEPENDENCY_SECONDS + 0.2)
+    assert grown("fastapi_validation_duration_seconds_count", route=route, phase="request") == 3
+    assert grown("fastapi_validation_duration_seconds_sum", route=route, phase="request") < 0.03
+
+
+def test_request_body_validation_is_timed_apart_from_dependencies(app_server: Server) -> None:
+    before = app_server.metrics()
+    with app_server.client() as client:
+        for _ in range(3):
+            response = client.post("/rows/upload", json=_rows(ROWS))
+            assert response.json() == {"count": ROWS}
+        assert client.post("/rows/upload", json=[{"id": "not a number"}]).status_code == 422
+    grown = _growth(app_server, before)
+    route = "/rows/upload"
+    validation = grown("fastapi_validation_duration_seconds_sum", route=route, phase="request")
+    assert grown("fastapi_validation_duration_seconds_count", route=route, phase="request") == 4
+    assert validation > 0
+    # No dependencies on this route: what is left of solving them is bookkeeping, far below validation.
+    assert grown("fastapi_dependency_duration_seconds_sum", route=route) < validation / 3
+
+
+def test_response_validation_and_serialization_are_split_and_only_observed_when_they_run(
+    app_server: Server,
+) -> None:
+    before = app_server.metrics()
+    with app_server.client() as client:
+        for _ in range(3):
+            assert len(client.get("/rows").json()) == ROWS
+            assert len(client.get("/rows-untyped").json()) == ROWS
+        assert client.get("/raw").status_code == 200
+    grown = _growth(app_server, before)
+    for phase_metric, labels in (
+        ("fastapi_validation_duration_seconds", {"route": "/rows", "phase": "response"}),
+        ("fastapi_serialization_duration_seconds", {"route": "/rows"}),
+        ("fastapi_serialization_duration_seconds", {"route": "/rows-untyped"}),
+    ):
+        assert grown(phase_metric + "_count", **labels) == 3, (phase_metric, labels)
+        assert grown(phase_metric + "_sum", **labels) > 0, (phase_metric, labels)
+    # No response model on /rows-untyped, no model and no JSON on /raw: those phases did not run.
+    assert grown("fastapi_validation_duration_seconds_count", route="/rows-untyped", phase="response") == 0
+    assert grown("fastapi_validation_duration_seconds_count", route="/raw", phase="response") == 0
+    assert grown("fastapi_serialization_duration_seconds_count", route="/raw") == 0
+
+
+def test_response_size_is_the_body_bytes_sent(app_server: Server) -> None:
+    before = app_server.metrics()
+    with app_server.client() as client:
+        rows_bytes = len(client.get("/rows").content)
+        assert len(client.get("/raw").content) == 1234
+        assert client.head("/raw").content == b""
+        assert len(client.get("/stream", params={"chunks": 4}).content) == 400
+    grown = _growth(app_server, before)
+    size = "fastapi_response_size_bytes"
+    assert grown(size + "_sum", route="/rows") == rows_bytes
+    assert grown(size + "_count", route="/raw") == 2
+    assert grown(size + "_sum", route="/raw") == 1234  # the HEAD sent no body
+    assert grown(size + "_sum", route="/stream") == 400
+    assert grown(size + "_bucket", route="/raw", le="1000.0") == 1
+
+
+def _hooked() -> tuple[Any, ...]:
+    return (
+        fastapi_routing.solve_dependencies,
+        fastapi_routing.serialize_response,
+        dependency_utils.request_params_to_args,
+        dependency_utils.request_body_to_args,
+    )
+
+
+def test_hooks_are_installed_once_and_removed_by_uninstrument() -> None:
+    before = _hooked()
+    first, second = FastAPI(), FastAPI()
+    collector.instrument(first)
+    collector.instrument(first)
+    hooked = _hooked()
+    assert all(getattr(f, "__wrapped__", None) is not None for f in hooked)
+    assert all(not hasattr(f.__wrapped__, "__wrapped__") for f in hooked)  # wrapped once
+    collector.instrument(second)
+    collector.uninstrument(first)
+    assert _hooked() == hooked  # still hooked for the other app
+    collector.uninstrument(second)
+    assert _hooked() == before
+
+
+def test_unsupported_fastapi_fails_at_attach_and_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    before = _hooked()
+    if hasattr(fastapi_routing.solve_dependencies, "__wrapped__"):
+        pytest.skip("another app in this process keeps the hooks installed")
+    monkeypatch.setattr(fastapi, "__version__", "0.99.1")
+    app = FastAPI()
+    with pytest.raises(RuntimeError, match=r"FastAPI 0\.99\.1 is not supported"):
+        collector.instrument(app)
+    assert _hooked() == before
+    assert getattr(app, "_collector_runtime", None) is None
