@@ -165,11 +165,12 @@ def test_response_size_is_the_body_bytes_sent(app_server: Server) -> None:
 
 
 def _hooked() -> tuple[Any, ...]:
+    routing, utils = vars(fastapi_routing), vars(dependency_utils)
     return (
-        fastapi_routing.solve_dependencies,
-        fastapi_routing.serialize_response,
-        dependency_utils.request_params_to_args,
-        dependency_utils.request_body_to_args,
+        routing["solve_dependencies"],
+        routing["serialize_response"],
+        utils["request_params_to_args"],
+        utils["request_body_to_args"],
     )
 
 
@@ -190,7 +191,7 @@ def test_hooks_are_installed_once_and_removed_by_uninstrument() -> None:
 
 def test_unsupported_fastapi_fails_at_attach_and_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     before = _hooked()
-    if hasattr(fastapi_routing.solve_dependencies, "__wrapped__"):
+    if hasattr(before[0], "__wrapped__"):
         pytest.skip("another app in this process keeps the hooks installed")
     monkeypatch.setattr(fastapi, "__version__", "0.99.1")
     app = FastAPI()
