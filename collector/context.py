@@ -19,6 +19,7 @@ class RequestContext:
         "cache_hits",
         "cache_misses",
         "dependency_seconds",
+        "endpoint_done",
         "method",
         "mount_prefix",
         "profile_id",
@@ -45,6 +46,7 @@ class RequestContext:
         self.mount_prefix = ""
         self.route_enter = 0.0
         self.route_exit = 0.0
+        self.endpoint_done = False
         self.status = 0
         self.span: Any = None
         self.trace_id: str | None = None

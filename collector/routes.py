@@ -65,41 +65,42 @@ def _in_progress(method: str, route: str) -> Any:
     return child
 
 
-async def _run_endpoint_side(
-    original: Handle, route_obj: Any, ctx: RequestContext, template: str, scope: Any, receive: Any, send: Any
-) -> None:
+def _enter(ctx: RequestContext, template: str) -> Any:
     ctx.route = template
     if capture_span:
         _capture_span(ctx)
     gauge = _in_progress(ctx.method, template)
     gauge.inc()
-    ended = False
-
-    async def send_wrapper(message: Any) -> None:
-        # Summaries go out before the last body chunk: tracing ends the span as that chunk passes.
-        nonlocal ended
-        if not ended and message["type"] == "http.response.body" and not message.get("more_body", False):
-            ended = True
-            ctx.route_exit = perf_counter()
-            _endpoint_done(ctx)
-        await send(message)
-
     ctx.route_enter = perf_counter()
-    try:
-        await original(route_obj, scope, receive, send_wrapper)
-    finally:
-        ctx.route_exit = perf_counter()
-        gauge.dec()
-        if not ended:
-            _endpoint_done(ctx)
+    return gauge
+
+
+def _leave(ctx: RequestContext, gauge: Any) -> None:
+    ctx.route_exit = perf_counter()
+    gauge.dec()
+    if not ctx.endpoint_done:
+        _endpoint_done(ctx)
 
 
 def _endpoint_done(ctx: RequestContext) -> None:
+    ctx.endpoint_done = True
     for hook in on_route_exit:
         try:
             hook(ctx)
         except Exception as exc:
             _faults.record("route_exit", exc)
+
+
+def _send_ending_span(ctx: RequestContext, send: Any) -> Any:
+    """Run the summaries before the last body chunk: tracing ends the span as that chunk passes."""
+
+    async def send_wrapper(message: Any) -> None:
+        if not ctx.endpoint_done and message["type"] == "http.response.body" and not message.get("more_body"):
+            ctx.route_exit = perf_counter()
+            _endpoint_done(ctx)
+        await send(message)
+
+    return send_wrapper
 
 
 def _capture_span(ctx: RequestContext) -> None:
@@ -116,64 +117,68 @@ def _capture_span(ctx: RequestContext) -> None:
         _faults.record("tracing", exc)
 
 
-def _leaf_hook(original: Handle) -> Handle:
+Resolve = Callable[[Any, MutableMapping[str, Any], RequestContext], "str | None"]
+
+
+def _hook(original: Handle, resolve: Resolve) -> Handle:
+    """Wrap ``handle``: ``resolve`` names the route template, or None to pass through (mount with routes)."""
+
     @functools.wraps(original)
     async def handle(self: Any, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
         ctx = current.get()
         if ctx is None or ctx.route_enter:
             return await original(self, scope, receive, send)
         try:
-            template = ctx.mount_prefix + template_of(self, scope)
+            template = resolve(self, scope, ctx)
         except Exception as exc:
             _faults.record("routing", exc)
+            template = None
+        if template is None:
             return await original(self, scope, receive, send)
-        await _run_endpoint_side(original, self, ctx, template, scope, receive, send)
-
-    return handle
-
-
-def _mount_hook(original: Handle) -> Handle:
-    @functools.wraps(original)
-    async def handle(self: Any, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
-        ctx = current.get()
-        if ctx is None or ctx.route_enter:
-            return await original(self, scope, receive, send)
+        gauge = _enter(ctx, template)
+        if ctx.span is not None:
+            send = _send_ending_span(ctx, send)
         try:
-            prefix = ctx.mount_prefix + _mount_prefix(self)
-            is_leaf = not getattr(self, "routes", None)
-        except Exception as exc:
-            _faults.record("routing", exc)
-            return await original(self, scope, receive, send)
-        if is_leaf:  # a mounted ASGI app or StaticFiles: the mount is the route
-            await _run_endpoint_side(original, self, ctx, prefix + "/{path}", scope, receive, send)
-        else:
-            ctx.mount_prefix = prefix
             await original(self, scope, receive, send)
+        finally:
+            _leave(ctx, gauge)
 
     return handle
 
 
-def _hook_targets() -> Iterator[tuple[type, Callable[[Handle], Handle]]]:
-    yield starlette_routing.Route, _leaf_hook
-    yield starlette_routing.WebSocketRoute, _leaf_hook
-    yield starlette_routing.Mount, _mount_hook
+def _resolve_leaf(route: Any, scope: MutableMapping[str, Any], ctx: RequestContext) -> str:
+    return ctx.mount_prefix + template_of(route, scope)
+
+
+def _resolve_mount(mount: Any, scope: MutableMapping[str, Any], ctx: RequestContext) -> str | None:
+    prefix = ctx.mount_prefix + _mount_prefix(mount)
+    if getattr(mount, "routes", None):  # a sub-app: its own routes name the template
+        ctx.mount_prefix = prefix
+        return None
+    return prefix + "/{path}"  # a mounted ASGI app or StaticFiles: the mount is the route
+
+
+def _hook_targets() -> Iterator[tuple[type, Resolve]]:
+    yield starlette_routing.Route, _resolve_leaf
+    yield starlette_routing.WebSocketRoute, _resolve_leaf
+    yield starlette_routing.Mount, _resolve_mount
     try:
         from fastapi import routing as fastapi_routing
     except ImportError:
         return
     for cls in (fastapi_routing.APIRoute, fastapi_routing.APIWebSocketRoute):
         if "handle" in cls.__dict__:
-            yield cls, _leaf_hook
+            yield cls, _resolve_leaf
 
 
 def install_hooks() -> None:
     """Hook ``handle`` on the route classes; a second call does nothing."""
-    for cls, make in _hook_targets():
+    for cls, resolve in _hook_targets():
         key = (cls, "handle")
         if key not in _originals:
             original = cls.__dict__["handle"]
             _originals[key] = original
-            setattr(cls, "handle", make(original))  # noqa: B010
+            setattr(cls, "handle", _hook(original, resolve))  # noqa: B010
 
 
 def remove_hooks() -> None:

@@ -22,8 +22,9 @@ def test_a_blocking_call_in_an_async_view_is_counted_with_its_location(serve: An
     metrics = server.metrics()
     stalls = series(metrics, "fastapi_event_loop_stalls_total")
     locations = [s["location"] for s in stalls]
-    assert any(loc.startswith("tests/apps/core.py:blocking_view:") for loc in locations), locations
-    assert value(metrics, "fastapi_event_loop_stalls_total") == 1
+    blocking = [loc for loc in locations if loc.startswith("tests/apps/core.py:blocking_view:")]
+    assert len(blocking) == 1, locations
+    assert value(metrics, "fastapi_event_loop_stalls_total", location=blocking[0]) == 1
     assert 0.2 <= value(metrics, "fastapi_event_loop_stalled_seconds_total") <= 1.0
     assert value(metrics, "fastapi_event_loop_lag_seconds_count") > 0
     assert value(metrics, "fastapi_event_loop_stalled_requests_total", route="/blocking") == 1
@@ -41,26 +42,31 @@ def test_requests_in_flight_during_a_stall_are_counted_on_their_route(serve: Any
     assert value(metrics, "fastapi_event_loop_stalled_requests_total", route="/blocking") == 1
 
 
+def _stalls_in_app_code(server: Any) -> list[str]:
+    # A loaded machine can stall the loop anywhere for a moment; the app's own code must not appear.
+    stalls = series(server.metrics(), "fastapi_event_loop_stalls_total")
+    return [s["location"] for s in stalls if s["location"].startswith("tests/apps/")]
+
+
 def test_awaiting_does_not_count_as_a_stall(serve: Any) -> None:
     server = serve(APP)
     for _ in range(3):
         server.get("/async-sleep", params={"seconds": 0.3})
-    metrics = server.metrics()
-    assert value(metrics, "fastapi_event_loop_stalls_total") == 0
-    assert value(metrics, "fastapi_event_loop_lag_seconds_count") > 0
+    assert _stalls_in_app_code(server) == []
+    assert value(server.metrics(), "fastapi_event_loop_lag_seconds_count") > 0
 
 
 def test_a_sync_view_in_the_thread_pool_does_not_stall_the_loop(serve: Any) -> None:
     server = serve(APP)
     server.get("/sync-sleep", params={"seconds": 0.3})
-    assert value(server.metrics(), "fastapi_event_loop_stalls_total") == 0
+    assert _stalls_in_app_code(server) == []
 
 
 def test_stall_threshold_is_a_setting(serve: Any) -> None:
     server = serve(APP, env={"COLLECTOR_STALL_THRESHOLD": "0.5"})
     server.get("/blocking")  # 0.3 s: under the threshold
     time.sleep(0.1)
-    assert value(server.metrics(), "fastapi_event_loop_stalls_total") == 0
+    assert _stalls_in_app_code(server) == []
 
 
 def test_library_frames_are_skipped_when_naming_a_location() -> None:
