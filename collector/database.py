@@ -389,11 +389,14 @@ def _count_connection(dbapi_connection: Any, record: Any) -> None:
 
 
 def _install_process_hooks() -> None:
+    """Install once; engines collected without ``uninstrument_engine`` leave them in place."""
     global _engine_init, _db_engine_created, _db_connection_created, _namer
     from sqlalchemy import event
     from sqlalchemy.engine import Engine
     from sqlalchemy.pool import Pool
 
+    if _engine_init is not None:
+        return
     _namer = LocationNamer()
     _db_engine_created = RESOURCES_CREATED.labels("db_engine")
     _db_connection_created = RESOURCES_CREATED.labels("db_connection")
