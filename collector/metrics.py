@@ -106,7 +106,7 @@ MIDDLEWARES = Gauge(
 # Dependencies (tip 2)
 DEPENDENCY_DURATION = Histogram(
     "fastapi_dependency_duration_seconds",
-    "Time solving a route's dependencies, request-body validation included.",
+    "Time running a route's dependencies; validating their parameters and the body is not included.",
     ["route"],
     buckets=FAST_BUCKETS,
 )
