@@ -216,7 +216,6 @@ def _targets() -> list[tuple[Any, str, Callable[[Callable[..., Any]], Callable[.
     import fastapi
     from fastapi import responses as fastapi_responses
     from fastapi import routing
-    from fastapi._compat import ModelField
     from fastapi.dependencies import utils as dependency_utils
     from starlette import responses
 
@@ -227,6 +226,12 @@ def _targets() -> list[tuple[Any, str, Callable[[Callable[..., Any]], Callable[.
             f"collector: FastAPI {fastapi.__version__} is not supported (supported: "
             f">={low[0]}.{low[1]},<{high[0]}.{high[1]}); its internals may have moved"
         )
+    try:
+        from fastapi._compat import ModelField
+    except ImportError as exc:
+        raise RuntimeError(
+            f"collector: FastAPI {fastapi.__version__} has no fastapi._compat.ModelField"
+        ) from exc
     expected: list[tuple[Any, str, str]] = [
         (routing, "solve_dependencies", "dependant"),
         (routing, "serialize_response", "field"),
@@ -240,6 +245,11 @@ def _targets() -> list[tuple[Any, str, Callable[[Callable[..., Any]], Callable[.
                 f"collector: FastAPI {fastapi.__version__} has no {module.__name__}.{name}"
                 f"({parameter}=...); the collector cannot time it"
             )
+    field = inspect.signature(routing.serialize_response).parameters["field"]
+    if field.kind is not inspect.Parameter.KEYWORD_ONLY:  # the hook reads it from the keyword arguments
+        raise RuntimeError(
+            f"collector: FastAPI {fastapi.__version__} passes serialize_response's field by position"
+        )
     if not callable(getattr(ModelField, "serialize", None)):
         raise RuntimeError(f"collector: FastAPI {fastapi.__version__} runs on Pydantic v1, not supported")
 
