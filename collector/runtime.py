@@ -67,6 +67,10 @@ class Runtime:
                 )
                 monitor.start()
                 _monitors[loop] = monitor
+            if self.settings.profile:
+                from collector import profiling
+
+                profiling.start(self.settings)
         except Exception as exc:
             _faults.record("start", exc)
 
@@ -75,6 +79,10 @@ class Runtime:
             monitor = _monitors.pop(asyncio.get_running_loop(), None)
             if monitor is not None:
                 monitor.stop()
+            if self.settings.profile:
+                from collector import profiling
+
+                profiling.stop()
         except Exception as exc:
             _faults.record("stop", exc)
         self.started = False

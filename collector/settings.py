@@ -40,7 +40,8 @@ class Settings(BaseSettings):
     profile: bool = False
     profile_threshold: float = Field(default=1.0, gt=0)
     profile_percentile: float = Field(default=99.0, gt=0, le=100)
-    profile_interval: float = Field(default=0.001, gt=0, le=1)
+    # 5 ms costs no measurable throughput; 1 ms cost ~9 % on a saturated core running sync routes.
+    profile_interval: float = Field(default=0.005, gt=0, le=1)
     profile_store_count: int = Field(default=50, ge=1, le=10_000)
     profile_store_bytes: int = Field(default=20_000_000, ge=10_000)
     profile_endpoint: bool = False
