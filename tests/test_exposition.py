@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import httpx
@@ -48,6 +49,12 @@ def test_gunicorn_master_serves_the_separate_port_for_all_workers(serve: Any, mu
     with server.client() as client:
         for i in range(20):
             client.get(f"/items/{i}", headers={"connection": "close"})
-    metrics = parse_metrics(httpx.get(f"http://127.0.0.1:{port}/metrics").text)
+    def scrape() -> Any:
+        return parse_metrics(httpx.get(f"http://127.0.0.1:{port}/metrics").text)
+
+    deadline = time.monotonic() + 15
+    while value(scrape(), "fastapi_workers") < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)  # the second worker may still be booting
+    metrics = scrape()
     assert value(metrics, "fastapi_request_duration_seconds_count", route="/items/{item_id}") == 21
     assert value(metrics, "fastapi_workers") == 2

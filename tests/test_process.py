@@ -24,6 +24,7 @@ def _wait_for(predicate: Any, timeout: float = 15.0) -> bool:
 
 def test_one_scrape_sums_every_live_worker(serve: Any, multiproc_dir: str) -> None:
     server = serve(APP, server="gunicorn", workers=3, env={"PROMETHEUS_MULTIPROC_DIR": multiproc_dir})
+    assert _wait_for(lambda: value(server.metrics(), "fastapi_workers") == 3)
     sent = 150
     with server.client() as client:
         for i in range(sent):
