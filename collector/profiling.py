@@ -29,7 +29,7 @@ from array import array
 from collections import OrderedDict
 from collections.abc import Callable
 from datetime import UTC, datetime
-from time import perf_counter
+from time import perf_counter, thread_time
 from types import AsyncGeneratorType, CodeType, CoroutineType, FrameType, GeneratorType
 from typing import Any, TypeVar
 from urllib.parse import parse_qs
@@ -220,6 +220,7 @@ class _Recording:
         "stacks",
         "task",
         "task_rank",
+        "walked_at",
         "weights",
     )
 
@@ -234,6 +235,7 @@ class _Recording:
         self.chain_start: Any = None  # the coroutine await chains are walked from
         self.await_waiter: object = None
         self.await_chain: Stack = ()
+        self.walked_at = 0.0
 
     def add(self, stack: Stack, weight: float) -> None:
         stacks = self.stacks
@@ -268,7 +270,18 @@ class _Recording:
             self.chain_start = marker  # the frames outside the marker never change: skip them next time
         self.await_chain = chain
         self.await_waiter = waiter
+        self.walked_at = perf_counter()
         return chain
+
+    def finish(self) -> None:
+        """Record the suspended time not yet recorded, where the task was last seen waiting."""
+        if self.idle > 0.0 and self.await_chain:
+            self.add(self.await_chain + _AWAIT_FRAME, self.idle)
+            self.idle = 0.0
+
+
+def _walked_at(rec: _Recording) -> float:
+    return rec.walked_at
 
 
 class Sampler:
@@ -384,7 +397,6 @@ class Sampler:
 
     def _pass(self, now: float, elapsed: float) -> None:
         """Record the time each request spent suspended, and find the tasks of new requests."""
-        deadline = perf_counter() + self.pass_budget
         walks: list[_Recording] = []
         unresolved = False
         for ctx in list(in_flight):
@@ -405,12 +417,15 @@ class Sampler:
                     self._record_await(rec)
                 else:
                     walks.append(rec)
-        if unresolved and perf_counter() < deadline:
+        # The budget covers the optional work, requests with no task first: they have no samples at all.
+        deadline = thread_time() + self.pass_budget  # the sampler's own CPU: preemption does not count
+        if unresolved:
             self._resolve(deadline)
+        walks.sort(key=_walked_at)  # the longest unwalked first: each request gets its turn
         for rec in walks:
-            if perf_counter() >= deadline:
-                break
             self._record_await(rec)
+            if thread_time() >= deadline:
+                break
         for ctx in list(self.recordings):
             if ctx not in in_flight:
                 self.recordings.pop(ctx, None)
@@ -434,8 +449,6 @@ class Sampler:
             for task in tasks:
                 if task in self.task_ctx or task in self.non_request:
                     continue
-                if perf_counter() >= deadline:
-                    return
                 coro = task.get_coro()
                 if not getattr(coro, "cr_suspended", False):
                     continue  # not started yet, or running: look again next time
@@ -449,6 +462,8 @@ class Sampler:
                 rec = self._recording(ctx)
                 if rec is not None:
                     rec.set_task(task, _MARKERS[id(frame.f_code)], marker)
+                if thread_time() >= deadline:  # checked after the work: every pass makes progress
+                    return
 
 
 class _RouteLatency:
@@ -567,7 +582,10 @@ class Profiler:
             if latency is None:
                 latency = self._latency[route] = _RouteLatency(self.window_size)
             in_tail = latency.observe(duration, self.percentile, self.warm)
-        if rec is None or not rec.stacks or (duration < self.threshold and not in_tail):
+        if rec is None or (duration < self.threshold and not in_tail):
+            return
+        rec.finish()
+        if not rec.stacks:
             return
         reason = "threshold" if duration >= self.threshold else "percentile"
         profile = Profile(ctx, duration, reason, rec.stacks[:], rec.weights[:], rec.nbytes)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from time import perf_counter
 from typing import Any
 
+from collector.context import RequestContext
+from collector.profiling import Profile, Store
 from tests.conftest import Server, value
 
 TOKEN = "test-profile-token-7f3a"
@@ -182,6 +185,22 @@ def test_store_keeps_at_most_its_count_and_evicts_the_oldest(serve: Any) -> None
     assert len(profiles) == 2
     assert [round(p["duration_seconds"], 2) for p in profiles] == [0.24, 0.23]  # newest first
     assert value(server.metrics(), "fastapi_profiles_captured_total", route="/await") == 4
+
+
+def test_store_evicts_the_oldest_to_stay_within_its_byte_budget() -> None:
+    store = Store(max_count=100, max_bytes=10_000)
+    ctx = RequestContext("GET", perf_counter())
+    ctx.route = "/reports/{report_id}"
+    ids = []
+    for _ in range(5):
+        profile = Profile(ctx, 1.5, "threshold", [], [], nbytes=3_000)
+        assert store.add(profile)
+        ids.append(profile.id)
+
+    assert store.nbytes == 9_000
+    assert [p.id for p in store.newest_first()] == ids[:1:-1]
+    assert not store.add(Profile(ctx, 9.0, "threshold", [], [], nbytes=10_001))  # larger than the whole store
+    assert [p.id for p in store.newest_first()] == ids[:1:-1]
 
 
 def test_percentile_keeps_the_slowest_request_of_a_route_below_the_threshold(serve: Any) -> None:
