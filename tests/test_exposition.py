@@ -49,6 +49,7 @@ def test_gunicorn_master_serves_the_separate_port_for_all_workers(serve: Any, mu
     with server.client() as client:
         for i in range(20):
             client.get(f"/items/{i}", headers={"connection": "close"})
+
     def scrape() -> Any:
         return parse_metrics(httpx.get(f"http://127.0.0.1:{port}/metrics").text)
 
