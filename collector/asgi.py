@@ -7,8 +7,9 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from collector import _faults
+from collector._updates import observer
 from collector.context import UNMATCHED, RequestContext, current, in_flight
-from collector.metrics import MIDDLEWARE_DURATION, REQUEST_DURATION, STALLED_REQUESTS
+from collector.metrics import MIDDLEWARE_DURATION, REQUEST_DURATION, RESPONSE_SIZE, STALLED_REQUESTS
 
 if TYPE_CHECKING:
     from collector.runtime import Runtime
@@ -28,9 +29,13 @@ class CollectorMiddleware:
     def __init__(self, app: Any, runtime: Runtime) -> None:
         self.app = app
         self.runtime = runtime
-        self._duration: dict[tuple[str, str, int], Any] = {}
-        self._middleware: dict[str, Any] = {}
+        self._duration: dict[tuple[str, str, int], Callable[[float], None]] = {}
+        self._middleware: dict[str, Callable[[float], None]] = {}
+        self._size: dict[str, Callable[[float], None]] = {}
         self._exemplars = runtime.exemplars
+        ratio = runtime.settings.internals_sample_ratio
+        self._timed_every = round(1 / ratio) if ratio > 0 else 0
+        self._until_timed = 1
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope_type = scope["type"]
@@ -50,13 +55,21 @@ class CollectorMiddleware:
 
         method = scope["method"]
         ctx = RequestContext(method if method in _METHODS else "other", perf_counter())
+        if self._timed_every:
+            self._until_timed -= 1
+            if not self._until_timed:
+                self._until_timed = self._timed_every
+                ctx.timed = True
         token = current.set(ctx)
         in_flight.add(ctx)
 
-        async def send_wrapper(message: Message) -> None:
+        def send_wrapper(message: Message) -> Any:
+            # Returns send's awaitable rather than awaiting it: no extra coroutine per message.
             if message["type"] == "http.response.start":
                 ctx.status = message["status"]
-            await send(message)
+            elif ctx.timed:
+                ctx.response_bytes += len(message.get("body", b""))
+            return send(message)
 
         try:
             await self.app(scope, receive, send_wrapper)
@@ -75,18 +88,25 @@ class CollectorMiddleware:
 
     def _finish(self, ctx: RequestContext, end: float) -> None:
         route = ctx.route or UNMATCHED
-        key = (ctx.method, route, ctx.status)
-        child = self._duration.get(key)
-        if child is None:
-            child = self._duration[key] = REQUEST_DURATION.labels(ctx.method, route, str(ctx.status))
         if self._exemplars and ctx.trace_id is not None:
+            child = REQUEST_DURATION.labels(ctx.method, route, str(ctx.status))
             child.observe(end - ctx.start, {"trace_id": ctx.trace_id})
         else:
-            child.observe(end - ctx.start)
+            key = (ctx.method, route, ctx.status)
+            observe = self._duration.get(key)
+            if observe is None:
+                child = REQUEST_DURATION.labels(ctx.method, route, str(ctx.status))
+                observe = self._duration[key] = observer(child)
+            observe(end - ctx.start)
         if ctx.route_enter:
-            mw = self._middleware.get(route)
-            if mw is None:
-                mw = self._middleware[route] = MIDDLEWARE_DURATION.labels(route)
-            mw.observe((ctx.route_enter - ctx.start) + (end - ctx.route_exit))
+            observe = self._middleware.get(route)
+            if observe is None:
+                observe = self._middleware[route] = observer(MIDDLEWARE_DURATION.labels(route))
+            observe((ctx.route_enter - ctx.start) + (end - ctx.route_exit))
+            if ctx.timed:
+                observe = self._size.get(route)
+                if observe is None:
+                    observe = self._size[route] = observer(RESPONSE_SIZE.labels(route))
+                observe(0 if ctx.method == "HEAD" else ctx.response_bytes)
         if ctx.stalls:
             STALLED_REQUESTS.labels(route).inc()

@@ -15,53 +15,35 @@ UNMATCHED = "unmatched"
 
 
 class RequestContext:
-    __slots__ = (
-        "cache_hits",
-        "cache_misses",
-        "dependency_seconds",
-        "endpoint_done",
-        "method",
-        "mount_prefix",
-        "profile_id",
-        "queries",
-        "query_fingerprints",
-        "route",
-        "route_enter",
-        "route_exit",
-        "serialization_seconds",
-        "slow_queries",
-        "span",
-        "stalls",
-        "start",
-        "status",
-        "trace_id",
-        "validation_request_seconds",
-        "validation_response_seconds",
-    )
+    """Defaults live on the class: a request pays only for the attributes it sets."""
+
+    route: str | None = None
+    mount_prefix = ""
+    route_enter = 0.0
+    route_exit = 0.0
+    endpoint_done = False
+    status = 0
+    span: Any = None
+    trace_id: str | None = None
+    # FastAPI's internals (dependencies, validation, serialization, size) are timed for this request.
+    timed = False
+    response_bytes = 0
+    # Event loop stalls seen while in flight: [location, seconds], seconds filled when it ends.
+    stalls: list[list[Any]] | None = None
+    queries = 0
+    query_fingerprints: dict[str, list[Any]] | None = None
+    slow_queries = 0
+    dependency_seconds = 0.0
+    validation_request_seconds = 0.0
+    validation_response_seconds = 0.0
+    serialization_seconds = 0.0
+    profile_id: str | None = None
+    cache_hits = 0
+    cache_misses = 0
 
     def __init__(self, method: str, start: float) -> None:
         self.method = method
         self.start = start
-        self.route: str | None = None
-        self.mount_prefix = ""
-        self.route_enter = 0.0
-        self.route_exit = 0.0
-        self.endpoint_done = False
-        self.status = 0
-        self.span: Any = None
-        self.trace_id: str | None = None
-        # Event loop stalls seen while in flight: [location, seconds], seconds filled when it ends.
-        self.stalls: list[list[Any]] | None = None
-        self.queries = 0
-        self.query_fingerprints: dict[str, list[Any]] | None = None
-        self.slow_queries = 0
-        self.dependency_seconds = 0.0
-        self.validation_request_seconds = 0.0
-        self.validation_response_seconds = 0.0
-        self.serialization_seconds = 0.0
-        self.profile_id: str | None = None
-        self.cache_hits = 0
-        self.cache_misses = 0
 
     @property
     def route_label(self) -> str:

@@ -1,13 +1,15 @@
 """FastAPI's own work on a request, timed where FastAPI does it (tips 2 and 3).
 
 ``fastapi.routing`` looks ``solve_dependencies`` and ``serialize_response`` up as module
-globals at call time, and ``solve_dependencies`` looks up ``request_params_to_args`` and
-``request_body_to_args`` the same way; the hooks replace those globals. Per request:
+globals at call time, and ``solve_dependencies`` looks up ``request_body_to_args`` the
+same way; the hooks replace those globals. Per timed request (one in
+``round(1 / internals_sample_ratio)``, decided by the middleware):
 
-- request validation: time inside ``request_params_to_args`` (path, query, header, cookie
-  parameters of the route and of every dependency) and ``request_body_to_args``;
-- dependencies: time inside ``solve_dependencies`` minus the request validation inside it,
-  so it is the dependencies' own code (and the thread-pool wait of sync ones);
+- request validation: time inside ``request_body_to_args``, the body's validation (path,
+  query, header and cookie parameters are validated in ``request_params_to_args``, called
+  four times per dependant for a few microseconds; they are left in the dependency time
+  rather than paying a wrapper on every call);
+- dependencies: time inside ``solve_dependencies`` minus the body validation inside it;
 - response validation: time inside ``serialize_response`` minus the serializer it calls;
 - serialization: the response model's ``serialize``/``serialize_json``, or
   ``jsonable_encoder`` when there is no response model, plus the ``render`` of
@@ -16,11 +18,8 @@ globals at call time, and ``solve_dependencies`` looks up ``request_params_to_ar
 
 Times add up in the request's context and are observed once, when the route finishes;
 a phase that did not run for a request is not observed. The body's JSON parsing, done by
-FastAPI before ``solve_dependencies``, is in none of them.
-
-Response size is the body a ``Response`` or ``StreamingResponse`` hands to the server
-(0 for HEAD), before any compressing middleware. ``FileResponse`` bodies are counted by
-the static-file metrics (``collector.static``), not here.
+FastAPI before ``solve_dependencies``, is in none of them. Response size is counted by the
+middleware as the body leaves the app.
 """
 
 from __future__ import annotations
@@ -32,11 +31,11 @@ from collections.abc import Callable
 from time import perf_counter
 from typing import Any
 
-from collector import _faults, routes
+from collector import routes
+from collector._updates import observer
 from collector.context import RequestContext, current
 from collector.metrics import (
     DEPENDENCY_DURATION,
-    RESPONSE_SIZE,
     SERIALIZATION_DURATION,
     VALIDATION_DURATION,
 )
@@ -47,53 +46,40 @@ SUPPORTED = ((0, 115), (0, 200))
 _patches: list[tuple[Any, str, Any, bool]] = []  # (owner, name, original, owner had its own)
 _users = 0
 
-_dependency: dict[str, Any] = {}
-_validation_request: dict[str, Any] = {}
-_validation_response: dict[str, Any] = {}
-_serialization: dict[str, Any] = {}
-_size: dict[str, Any] = {}
+_dependency: dict[str, Callable[[float], None]] = {}
+_validation_request: dict[str, Callable[[float], None]] = {}
+_validation_response: dict[str, Callable[[float], None]] = {}
+_serialization: dict[str, Callable[[float], None]] = {}
 
 
-def _child(cache: dict[str, Any], metric: Any, *labels: str) -> Any:
-    child = cache.get(labels[0])
-    if child is None:
-        child = cache[labels[0]] = metric.labels(*labels)
-    return child
+def _child(cache: dict[str, Callable[[float], None]], metric: Any, *labels: str) -> Callable[[float], None]:
+    observe = cache.get(labels[0])
+    if observe is None:
+        observe = cache[labels[0]] = observer(metric.labels(*labels))
+    return observe
 
 
 def _observe(ctx: RequestContext) -> None:
     """Runs when the route finishes: one observation per phase that ran."""
+    if not ctx.timed:
+        return
     route = ctx.route_label
     if ctx.dependency_seconds > 0.0:
-        _child(_dependency, DEPENDENCY_DURATION, route).observe(ctx.dependency_seconds)
+        _child(_dependency, DEPENDENCY_DURATION, route)(ctx.dependency_seconds)
     if ctx.validation_request_seconds > 0.0:
-        _child(_validation_request, VALIDATION_DURATION, route, "request").observe(
-            ctx.validation_request_seconds
-        )
+        _child(_validation_request, VALIDATION_DURATION, route, "request")(ctx.validation_request_seconds)
     if ctx.validation_response_seconds > 0.0:
-        _child(_validation_response, VALIDATION_DURATION, route, "response").observe(
-            ctx.validation_response_seconds
-        )
+        _child(_validation_response, VALIDATION_DURATION, route, "response")(ctx.validation_response_seconds)
     if ctx.serialization_seconds > 0.0:
-        _child(_serialization, SERIALIZATION_DURATION, route).observe(ctx.serialization_seconds)
+        _child(_serialization, SERIALIZATION_DURATION, route)(ctx.serialization_seconds)
 
 
-def _observe_size(ctx: RequestContext, size: int) -> None:
-    try:
-        _child(_size, RESPONSE_SIZE, ctx.route_label).observe(size)
-    except Exception as exc:
-        _faults.record("fastapi_hooks", exc)
-
-
-# Timing wrappers: outside an observed request they only forward the call.
+# Timing wrappers. The async ones are plain functions that hand back the original's
+# coroutine for untimed requests: no extra coroutine frame on most requests.
 
 
 def _solve_dependencies(original: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(original)
-    async def solve_dependencies(*args: Any, **kwargs: Any) -> Any:
-        ctx = current.get()
-        if ctx is None:
-            return await original(*args, **kwargs)
+    async def timed(ctx: RequestContext, args: Any, kwargs: Any) -> Any:
         validated = ctx.validation_request_seconds
         start = perf_counter()
         try:
@@ -102,45 +88,36 @@ def _solve_dependencies(original: Callable[..., Any]) -> Callable[..., Any]:
             elapsed = perf_counter() - start
             ctx.dependency_seconds += elapsed - (ctx.validation_request_seconds - validated)
 
+    @functools.wraps(original)
+    def solve_dependencies(*args: Any, **kwargs: Any) -> Any:
+        ctx = current.get()
+        if ctx is None or not ctx.timed:
+            return original(*args, **kwargs)
+        return timed(ctx, args, kwargs)
+
     return solve_dependencies
 
 
-def _request_params_to_args(original: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(original)
-    def request_params_to_args(fields: Any, *args: Any, **kwargs: Any) -> Any:
-        ctx = current.get() if fields else None  # four calls per dependant, most with no fields
-        if ctx is None:
-            return original(fields, *args, **kwargs)
-        start = perf_counter()
-        try:
-            return original(fields, *args, **kwargs)
-        finally:
-            ctx.validation_request_seconds += perf_counter() - start
-
-    return request_params_to_args
-
-
 def _request_body_to_args(original: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(original)
-    async def request_body_to_args(*args: Any, **kwargs: Any) -> Any:
-        ctx = current.get()
-        if ctx is None:
-            return await original(*args, **kwargs)
+    async def timed(ctx: RequestContext, args: Any, kwargs: Any) -> Any:
         start = perf_counter()
         try:
             return await original(*args, **kwargs)
         finally:
             ctx.validation_request_seconds += perf_counter() - start
+
+    @functools.wraps(original)
+    def request_body_to_args(*args: Any, **kwargs: Any) -> Any:
+        ctx = current.get()
+        if ctx is None or not ctx.timed:
+            return original(*args, **kwargs)
+        return timed(ctx, args, kwargs)
 
     return request_body_to_args
 
 
 def _serialize_response(original: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(original)
-    async def serialize_response(*args: Any, **kwargs: Any) -> Any:
-        ctx = current.get()
-        if ctx is None:
-            return await original(*args, **kwargs)
+    async def timed(ctx: RequestContext, args: Any, kwargs: Any) -> Any:
         serialized = ctx.serialization_seconds
         start = perf_counter()
         try:
@@ -152,6 +129,13 @@ def _serialize_response(original: Callable[..., Any]) -> Callable[..., Any]:
             else:  # the model's serializer added its own time to serialization_seconds
                 ctx.validation_response_seconds += elapsed - (ctx.serialization_seconds - serialized)
 
+    @functools.wraps(original)
+    def serialize_response(*args: Any, **kwargs: Any) -> Any:
+        ctx = current.get()
+        if ctx is None or not ctx.timed:
+            return original(*args, **kwargs)
+        return timed(ctx, args, kwargs)
+
     return serialize_response
 
 
@@ -161,7 +145,7 @@ def _serializing(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def serialize(self: Any, *args: Any, **kwargs: Any) -> Any:
         ctx = current.get()
-        if ctx is None:
+        if ctx is None or not ctx.timed:
             return original(self, *args, **kwargs)
         start = perf_counter()
         try:
@@ -170,40 +154,6 @@ def _serializing(original: Callable[..., Any]) -> Callable[..., Any]:
             ctx.serialization_seconds += perf_counter() - start
 
     return serialize
-
-
-def _response_call(original: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(original)
-    async def __call__(self: Any, scope: Any, receive: Any, send: Any) -> None:
-        ctx = current.get()
-        if ctx is not None and scope["type"] == "http":
-            _observe_size(ctx, 0 if scope["method"] == "HEAD" else len(self.body))
-        await original(self, scope, receive, send)
-
-    return __call__
-
-
-def _streaming_response_call(original: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(original)
-    async def __call__(self: Any, scope: Any, receive: Any, send: Any) -> None:
-        ctx = current.get()
-        if ctx is None or scope["type"] != "http":
-            await original(self, scope, receive, send)
-            return
-        sent = 0
-
-        async def counting_send(message: Any) -> None:
-            nonlocal sent
-            if message["type"] == "http.response.body":
-                sent += len(message.get("body", b""))
-            await send(message)
-
-        try:
-            await original(self, scope, receive, counting_send)
-        finally:
-            _observe_size(ctx, sent)
-
-    return __call__
 
 
 def _version(text: str) -> tuple[int, int]:
@@ -235,7 +185,6 @@ def _targets() -> list[tuple[Any, str, Callable[[Callable[..., Any]], Callable[.
     expected: list[tuple[Any, str, str]] = [
         (routing, "solve_dependencies", "dependant"),
         (routing, "serialize_response", "field"),
-        (dependency_utils, "request_params_to_args", "fields"),
         (dependency_utils, "request_body_to_args", "body_fields"),
     ]
     for module, name, parameter in expected:
@@ -256,11 +205,8 @@ def _targets() -> list[tuple[Any, str, Callable[[Callable[..., Any]], Callable[.
     found: list[tuple[Any, str, Callable[[Callable[..., Any]], Callable[..., Any]]]] = [
         (routing, "solve_dependencies", _solve_dependencies),
         (routing, "serialize_response", _serialize_response),
-        (dependency_utils, "request_params_to_args", _request_params_to_args),
         (dependency_utils, "request_body_to_args", _request_body_to_args),
         (ModelField, "serialize", _serializing),
-        (responses.Response, "__call__", _response_call),
-        (responses.StreamingResponse, "__call__", _streaming_response_call),
     ]
     if "serialize_json" in vars(ModelField):
         found.append((ModelField, "serialize_json", _serializing))

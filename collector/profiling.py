@@ -35,7 +35,6 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qs
 
 import anyio.to_thread
-from starlette import routing as starlette_routing
 
 from collector import _faults, routes
 from collector.asgi import CollectorMiddleware
@@ -65,27 +64,12 @@ _MARKERS: dict[int, int] = {}
 _marker_codes: list[CodeType] = []  # keeps the ids above from being reused
 
 
-def _subclasses(cls: type) -> list[type]:
-    found: list[type] = []
-    subclasses: list[type] = cls.__subclasses__()
-    for sub in subclasses:
-        found.append(sub)
-        found.extend(_subclasses(sub))
-    return found
-
-
 def _find_markers() -> None:
-    """The route hooks installed on Starlette's route classes, and the middleware, by their ``ctx`` local.
+    """The collector's frames that hold the request's ``ctx``: the middleware and the route hook.
 
     The route hook outranks the middleware: under BaseHTTPMiddleware the endpoint runs in another task.
     """
-    candidates: list[tuple[Any, int]] = [(CollectorMiddleware.__call__, 1)]
-    for cls in [starlette_routing.BaseRoute, *_subclasses(starlette_routing.BaseRoute)]:
-        handle = cls.__dict__.get("handle")
-        code = getattr(handle, "__code__", None)
-        if code is not None and code.co_filename == routes.__file__:
-            candidates.append((handle, 2))
-    for function, rank in candidates:
+    for function, rank in ((CollectorMiddleware.__call__, 1), (routes._observed, 2)):
         code = function.__code__
         if "ctx" in code.co_varnames or "ctx" in code.co_cellvars:
             _MARKERS[id(code)] = rank

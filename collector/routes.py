@@ -19,6 +19,7 @@ from starlette import routing as starlette_routing
 from starlette.middleware.base import BaseHTTPMiddleware
 
 from collector import _faults
+from collector._updates import adder
 from collector.context import RequestContext, current
 from collector.metrics import REQUESTS_IN_PROGRESS
 
@@ -32,7 +33,7 @@ except ImportError:
     _iter_route_contexts = None
 
 _originals: dict[tuple[type, str], Handle] = {}
-_in_progress_children: dict[tuple[str, str], Any] = {}
+_in_progress: dict[tuple[str, str], Callable[[float], None]] = {}
 
 # Hooks that were enabled by instrument(); read on every request, so kept as module flags.
 capture_span = False
@@ -58,30 +59,6 @@ def template_of(route: Any, scope: MutableMapping[str, Any]) -> str:
     return str(getattr(route, "path_format", None) or getattr(route, "path", ""))
 
 
-def _in_progress(method: str, route: str) -> Any:
-    child = _in_progress_children.get((method, route))
-    if child is None:
-        child = _in_progress_children[(method, route)] = REQUESTS_IN_PROGRESS.labels(method, route)
-    return child
-
-
-def _enter(ctx: RequestContext, template: str) -> Any:
-    ctx.route = template
-    if capture_span:
-        _capture_span(ctx)
-    gauge = _in_progress(ctx.method, template)
-    gauge.inc()
-    ctx.route_enter = perf_counter()
-    return gauge
-
-
-def _leave(ctx: RequestContext, gauge: Any) -> None:
-    ctx.route_exit = perf_counter()
-    gauge.dec()
-    if not ctx.endpoint_done:
-        _endpoint_done(ctx)
-
-
 def _endpoint_done(ctx: RequestContext) -> None:
     ctx.endpoint_done = True
     for hook in on_route_exit:
@@ -94,11 +71,11 @@ def _endpoint_done(ctx: RequestContext) -> None:
 def _send_ending_span(ctx: RequestContext, send: Any) -> Any:
     """Run the summaries before the last body chunk: tracing ends the span as that chunk passes."""
 
-    async def send_wrapper(message: Any) -> None:
+    def send_wrapper(message: Any) -> Any:
         if not ctx.endpoint_done and message["type"] == "http.response.body" and not message.get("more_body"):
             ctx.route_exit = perf_counter()
             _endpoint_done(ctx)
-        await send(message)
+        return send(message)
 
     return send_wrapper
 
@@ -124,26 +101,44 @@ def _hook(original: Handle, resolve: Resolve) -> Handle:
     """Wrap ``handle``: ``resolve`` names the route template, or None to pass through (mount with routes)."""
 
     @functools.wraps(original)
-    async def handle(self: Any, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+    def handle(self: Any, scope: MutableMapping[str, Any], receive: Any, send: Any) -> Awaitable[None]:
+        # A plain function handing back a coroutine: passing through costs no extra frame.
         ctx = current.get()
         if ctx is None or ctx.route_enter:
-            return await original(self, scope, receive, send)
+            return original(self, scope, receive, send)
         try:
             template = resolve(self, scope, ctx)
         except Exception as exc:
             _faults.record("routing", exc)
             template = None
         if template is None:
-            return await original(self, scope, receive, send)
-        gauge = _enter(ctx, template)
-        if ctx.span is not None:
-            send = _send_ending_span(ctx, send)
-        try:
-            await original(self, scope, receive, send)
-        finally:
-            _leave(ctx, gauge)
+            return original(self, scope, receive, send)
+        return _observed(original, self, ctx, template, scope, receive, send)
 
     return handle
+
+
+async def _observed(
+    original: Handle, route: Any, ctx: RequestContext, template: str, scope: Any, receive: Any, send: Any
+) -> None:
+    ctx.route = template
+    key = (ctx.method, template)
+    in_progress = _in_progress.get(key)
+    if in_progress is None:
+        in_progress = _in_progress[key] = adder(REQUESTS_IN_PROGRESS.labels(ctx.method, template))
+    if capture_span:
+        _capture_span(ctx)
+        if ctx.span is not None:
+            send = _send_ending_span(ctx, send)
+    in_progress(1)
+    ctx.route_enter = perf_counter()
+    try:
+        await original(route, scope, receive, send)
+    finally:
+        ctx.route_exit = perf_counter()
+        in_progress(-1)
+        if not ctx.endpoint_done:
+            _endpoint_done(ctx)
 
 
 def _resolve_leaf(route: Any, scope: MutableMapping[str, Any], ctx: RequestContext) -> str:
