@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from time import perf_counter
 from typing import Any
 
 from collector import _faults, _multiprocess, exposition, routes, threadpool
@@ -120,6 +119,3 @@ def start_metrics_port(settings: Settings) -> None:
             exposition.start_server(settings.metrics_port, settings.metrics_addr)
         except OSError as exc:
             _faults.record("exposition", exc)
-
-
-__all__ = ["Runtime", "perf_counter", "start_metrics_port"]
