@@ -46,6 +46,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from collector import _faults, routes
+from collector._updates import observer
 from collector.context import RequestContext, current
 from collector.event_loop import LocationNamer
 from collector.metrics import (
@@ -125,7 +126,7 @@ def _statement(statement: str) -> _Statement:
     operation = head if head in OPERATIONS else "other"
     child = _durations.get(operation)
     if child is None:
-        child = _durations[operation] = DB_QUERY_DURATION.labels(operation)
+        child = _durations[operation] = observer(DB_QUERY_DURATION.labels(operation))
     entry = _Statement(fingerprint(statement), child)
     if len(_statements) >= _CACHE_MAX:
         _statements.clear()
@@ -174,7 +175,7 @@ class _EngineHooks:
         self.pool_label = pool_label
         self.threshold = n_plus_one_threshold
         self.slow_seconds = slow_seconds
-        self.wait = DB_POOL_WAIT.labels(pool_label)
+        self.wait = observer(DB_POOL_WAIT.labels(pool_label))
         self.gauges = [DB_POOL_CONNECTIONS.labels(pool_label, state) for state in POOL_STATES]
         self.listeners: list[tuple[str, Callable[..., Any]]] = [
             ("before_cursor_execute", self.before_cursor_execute),
@@ -235,7 +236,7 @@ class _EngineHooks:
         context._collector_query = None
         entry, start = started
         seconds = end - start
-        entry.duration.observe(seconds)
+        entry.duration(seconds)
         if seconds >= self.slow_seconds:
             ctx = current.get()
             if ctx is not None:
@@ -296,7 +297,7 @@ class _EngineHooks:
                 return get(block, timeout)
             finally:
                 try:
-                    wait.observe(perf_counter() - start)
+                    wait(perf_counter() - start)
                 except Exception as exc:
                     _faults.record("database", exc)
 
