@@ -78,6 +78,19 @@ def _observe(ctx: RequestContext) -> None:
 # coroutine for untimed requests: no extra coroutine frame on most requests.
 
 
+def _when_timed(original: Callable[..., Any], timed: Callable[..., Any]) -> Callable[..., Any]:
+    """Call ``timed(ctx, args, kwargs)`` on timed requests; otherwise hand back ``original``'s coroutine."""
+
+    @functools.wraps(original)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        ctx = current.get()
+        if ctx is None or not ctx.timed:
+            return original(*args, **kwargs)
+        return timed(ctx, args, kwargs)
+
+    return wrapper
+
+
 def _solve_dependencies(original: Callable[..., Any]) -> Callable[..., Any]:
     async def timed(ctx: RequestContext, args: Any, kwargs: Any) -> Any:
         validated = ctx.validation_request_seconds
@@ -88,14 +101,7 @@ def _solve_dependencies(original: Callable[..., Any]) -> Callable[..., Any]:
             elapsed = perf_counter() - start
             ctx.dependency_seconds += elapsed - (ctx.validation_request_seconds - validated)
 
-    @functools.wraps(original)
-    def solve_dependencies(*args: Any, **kwargs: Any) -> Any:
-        ctx = current.get()
-        if ctx is None or not ctx.timed:
-            return original(*args, **kwargs)
-        return timed(ctx, args, kwargs)
-
-    return solve_dependencies
+    return _when_timed(original, timed)
 
 
 def _request_body_to_args(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -106,14 +112,7 @@ def _request_body_to_args(original: Callable[..., Any]) -> Callable[..., Any]:
         finally:
             ctx.validation_request_seconds += perf_counter() - start
 
-    @functools.wraps(original)
-    def request_body_to_args(*args: Any, **kwargs: Any) -> Any:
-        ctx = current.get()
-        if ctx is None or not ctx.timed:
-            return original(*args, **kwargs)
-        return timed(ctx, args, kwargs)
-
-    return request_body_to_args
+    return _when_timed(original, timed)
 
 
 def _serialize_response(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -129,14 +128,7 @@ def _serialize_response(original: Callable[..., Any]) -> Callable[..., Any]:
             else:  # the model's serializer added its own time to serialization_seconds
                 ctx.validation_response_seconds += elapsed - (ctx.serialization_seconds - serialized)
 
-    @functools.wraps(original)
-    def serialize_response(*args: Any, **kwargs: Any) -> Any:
-        ctx = current.get()
-        if ctx is None or not ctx.timed:
-            return original(*args, **kwargs)
-        return timed(ctx, args, kwargs)
-
-    return serialize_response
+    return _when_timed(original, timed)
 
 
 def _serializing(original: Callable[..., Any]) -> Callable[..., Any]:
