@@ -36,3 +36,13 @@ def adder(child: Any) -> Callable[[float], None]:
     value = getattr(child, "_value", None)
     inc = getattr(value, "inc", None)
     return inc if callable(inc) else child.inc  # type: ignore[no-any-return]
+
+
+def route_observer(
+    cache: dict[str, Callable[[float], None]], metric: Any, route: str, *more: str
+) -> Callable[[float], None]:
+    """The observer of ``metric``'s child for ``route`` (and fixed ``more`` labels), made once per route."""
+    observe = cache.get(route)
+    if observe is None:
+        observe = cache[route] = observer(metric.labels(route, *more))
+    return observe

@@ -46,7 +46,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from collector import _faults, routes
-from collector._updates import observer
+from collector._updates import observer, route_observer
 from collector.context import RequestContext, current
 from collector.event_loop import LocationNamer
 from collector.metrics import (
@@ -114,7 +114,7 @@ class _Statement:
 # Statement string -> its fingerprint and duration child; cleared when full, so it stays bounded.
 _statements: dict[str, _Statement] = {}
 _durations: dict[str, Any] = {}
-_per_request: dict[str, Any] = {}
+_per_request: dict[str, Callable[[float], None]] = {}
 _n_plus_one: dict[str, Any] = {}
 _slow: dict[str, Any] = {}
 _last_logged: dict[str, float] = {}
@@ -326,7 +326,7 @@ class _EngineHooks:
 
 def _on_route_exit(ctx: RequestContext) -> None:
     route = ctx.route_label
-    _child(_per_request, DB_QUERIES_PER_REQUEST, route).observe(ctx.queries)
+    route_observer(_per_request, DB_QUERIES_PER_REQUEST, route)(ctx.queries)
     seen = ctx.query_fingerprints
     if seen is None:
         return

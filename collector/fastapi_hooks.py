@@ -32,7 +32,7 @@ from time import perf_counter
 from typing import Any
 
 from collector import routes
-from collector._updates import observer
+from collector._updates import route_observer
 from collector.context import RequestContext, current
 from collector.metrics import (
     DEPENDENCY_DURATION,
@@ -52,26 +52,23 @@ _validation_response: dict[str, Callable[[float], None]] = {}
 _serialization: dict[str, Callable[[float], None]] = {}
 
 
-def _child(cache: dict[str, Callable[[float], None]], metric: Any, *labels: str) -> Callable[[float], None]:
-    observe = cache.get(labels[0])
-    if observe is None:
-        observe = cache[labels[0]] = observer(metric.labels(*labels))
-    return observe
-
-
 def _observe(ctx: RequestContext) -> None:
     """Runs when the route finishes: one observation per phase that ran."""
     if not ctx.timed:
         return
     route = ctx.route_label
     if ctx.dependency_seconds > 0.0:
-        _child(_dependency, DEPENDENCY_DURATION, route)(ctx.dependency_seconds)
+        route_observer(_dependency, DEPENDENCY_DURATION, route)(ctx.dependency_seconds)
     if ctx.validation_request_seconds > 0.0:
-        _child(_validation_request, VALIDATION_DURATION, route, "request")(ctx.validation_request_seconds)
+        route_observer(_validation_request, VALIDATION_DURATION, route, "request")(
+            ctx.validation_request_seconds
+        )
     if ctx.validation_response_seconds > 0.0:
-        _child(_validation_response, VALIDATION_DURATION, route, "response")(ctx.validation_response_seconds)
+        route_observer(_validation_response, VALIDATION_DURATION, route, "response")(
+            ctx.validation_response_seconds
+        )
     if ctx.serialization_seconds > 0.0:
-        _child(_serialization, SERIALIZATION_DURATION, route)(ctx.serialization_seconds)
+        route_observer(_serialization, SERIALIZATION_DURATION, route)(ctx.serialization_seconds)
 
 
 # Timing wrappers. The async ones are plain functions that hand back the original's
