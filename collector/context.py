@@ -32,6 +32,7 @@ class RequestContext:
     stalls: list[list[Any]] | None = None
     queries = 0
     query_fingerprints: dict[str, list[Any]] | None = None
+    query_repeated = False  # some fingerprint reached the N+1 threshold
     slow_queries = 0
     dependency_seconds = 0.0
     validation_request_seconds = 0.0

@@ -1,10 +1,13 @@
 """Database signals (tips 2 and 6): queries per request, N+1, slow queries, pool use and checkout wait.
 
 ``instrument_engine(engine)`` hooks one SQLAlchemy 2 ``Engine`` or ``AsyncEngine`` (its
-``sync_engine``) with event listeners: the cursor-execute events count and time each
-statement and attribute it to the request found in ``collector.context.current`` (the
-greenlet under ``AsyncEngine`` and the thread pool under sync endpoints both carry the
-context). Statements are fingerprinted (literals, numbers, placeholders and IN-lists
+``sync_engine``): wrappers on its dialect's ``do_execute``, ``do_execute_no_params`` and
+``do_executemany`` (what the cursor-execute events bracket) count and time each statement
+and attribute it to the request found in ``collector.context.current`` (the greenlet
+under ``AsyncEngine`` and the thread pool under sync endpoints both carry the context).
+No event listener goes on the engine: with one, every ``Connection`` joins the engine's
+event dispatcher and resolves its events one by one, a cost paid on every request.
+Statements are fingerprinted (literals, numbers, placeholders and IN-lists
 normalised) through a bounded cache keyed by the statement string, which SQLAlchemy
 reuses for parameterised queries; fingerprints go on spans and in logs, never in labels.
 
@@ -25,8 +28,8 @@ instrumented engine itself, as ``db_engine``; every DBAPI connection any pool op
 ``db_connection``. Pool gauges and the checkout wait cover ``QueuePool`` and
 ``AsyncAdaptedQueuePool``; other pools do not queue. The wait is the time spent taking an
 idle connection from the pool's queue, not the time opening a new one (that is tip 2's
-cost). The gauges are refreshed after each checkout and after each return to the queue:
-SQLAlchemy's ``checkin`` event fires before the connection is back, too early to read.
+cost). The gauges are read from the pool just before the metrics are (``metrics.REFRESHERS``),
+not on each checkout; ``Engine.dispose`` is wrapped so that the pool it makes is timed too.
 
 SQLAlchemy is imported only when an engine is instrumented: it is an optional dependency.
 """
@@ -56,6 +59,7 @@ from collector.metrics import (
     DB_QUERIES_PER_REQUEST,
     DB_QUERY_DURATION,
     DB_SLOW_QUERIES,
+    REFRESHERS,
     RESOURCES_CREATED,
 )
 from collector.settings import load
@@ -165,8 +169,16 @@ def _location() -> str:
     return namer.name(sys._getframe(1))
 
 
+_DIALECT_METHODS = ("do_execute", "do_execute_no_params", "do_executemany")
+
+
 class _EngineHooks:
-    """The listeners and pool wrappers of one instrumented engine, so they can all be removed."""
+    """The wrappers on one instrumented engine (dialect, pool, ``dispose``), so they can be removed.
+
+    No SQLAlchemy event listener: once an engine has one, every ``Connection`` built from
+    it joins the engine's event dispatcher and resolves each event name on first use,
+    which costs more per request than everything measured here.
+    """
 
     def __init__(
         self, engine: Engine, pool_label: str, n_plus_one_threshold: int, slow_seconds: float
@@ -177,116 +189,151 @@ class _EngineHooks:
         self.slow_seconds = slow_seconds
         self.wait = observer(DB_POOL_WAIT.labels(pool_label))
         self.gauges = [DB_POOL_CONNECTIONS.labels(pool_label, state) for state in POOL_STATES]
-        self.listeners: list[tuple[str, Callable[..., Any]]] = [
-            ("before_cursor_execute", self.before_cursor_execute),
-            ("after_cursor_execute", self.after_cursor_execute),
-            ("handle_error", self.handle_error),
-            ("engine_disposed", self.engine_disposed),
-            ("checkout", self.checkout),
-        ]
         self.wrapped_pools: weakref.WeakSet[Pool] = weakref.WeakSet()
+        self.dialect: Any = None
+        self.initializing = False
 
-    # Statements
+    # Statements: the dialect's execute methods, the calls the cursor events bracket
 
-    def before_cursor_execute(
-        self, conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
-    ) -> None:
-        try:
-            entry = _statements.get(statement)
-            if entry is None:
-                entry = _statement(statement)
-            ctx = current.get()
-            if ctx is not None:
-                ctx.queries += 1
-                seen = ctx.query_fingerprints
-                if seen is None:
-                    seen = ctx.query_fingerprints = {}
-                counted = seen.get(entry.fingerprint)
-                if counted is None:
-                    seen[entry.fingerprint] = [1, None]
-                else:
-                    counted[0] += 1
-                    if counted[0] == self.threshold:  # one stack walk per detection: the loop's line
-                        counted[1] = _location()
-            if context is not None:
-                context._collector_query = (entry, perf_counter())
-        except Exception as exc:
-            _faults.record("database", exc)
-
-    def after_cursor_execute(
-        self, conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
-    ) -> None:
-        end = perf_counter()
-        try:
-            self._finish(context, end)
-        except Exception as exc:
-            _faults.record("database", exc)
-
-    def handle_error(self, exception_context: Any) -> None:
-        end = perf_counter()
-        try:  # a failed statement is still timed once; the exception goes on untouched
-            self._finish(exception_context.execution_context, end)
-        except Exception as exc:
-            _faults.record("database", exc)
-
-    def _finish(self, context: Any, end: float) -> None:
-        started = getattr(context, "_collector_query", None)
-        if started is None:
+    def wrap_dialect(self, dialect: Any) -> None:
+        if _DIALECT_METHODS[0] in vars(dialect):  # an engine sharing it (execution_options) has it
             return
-        context._collector_query = None
-        entry, start = started
-        seconds = end - start
-        entry.duration(seconds)
-        if seconds >= self.slow_seconds:
-            ctx = current.get()
-            if ctx is not None:
-                ctx.slow_queries += 1
-                _child(_slow, DB_SLOW_QUERIES, ctx.route_label).inc()
-                span = ctx.span
-                if span is not None and span.is_recording():
-                    span.add_event(
-                        "db.slow_query",
-                        {"db.statement.fingerprint": entry.fingerprint, "db.duration_seconds": seconds},
-                    )
+        for name in _DIALECT_METHODS:
+            setattr(dialect, name, self._timed(getattr(dialect, name)))
+        dialect.initialize = self._initializing(dialect.initialize)
+        self.dialect = dialect
+
+    def unwrap_dialect(self) -> None:
+        if self.dialect is not None:
+            for name in (*_DIALECT_METHODS, "initialize"):
+                self.dialect.__dict__.pop(name, None)
+            self.dialect = None
+
+    def _initializing(self, initialize: Callable[[Any], None]) -> Callable[[Any], None]:
+        """The dialect's own statements on the first connection are not the request's."""
+
+        @functools.wraps(initialize)
+        def wrapped(connection: Any) -> None:
+            self.initializing = True
+            try:
+                initialize(connection)
+            finally:
+                self.initializing = False
+
+        return wrapped
+
+    def _timed(self, execute: Callable[..., Any]) -> Callable[..., Any]:
+        finish = self.finish
+        get = _statements.get
+        slow = self.slow_seconds
+        threshold = self.threshold
+
+        @functools.wraps(execute)
+        def timed(cursor: Any, statement: str, *args: Any) -> Any:
+            if self.initializing:  # once, under SQLAlchemy's first-connect lock
+                return execute(cursor, statement, *args)
+            try:
+                entry: _Statement | None = get(statement) or _statement(statement)
+                ctx = current.get()
+                if ctx is not None:
+                    ctx.queries += 1
+                    fingerprint = entry.fingerprint  # type: ignore[union-attr]
+                    seen = ctx.query_fingerprints
+                    if seen is None:
+                        ctx.query_fingerprints = {fingerprint: [1, None]}
+                    else:
+                        counted = seen.get(fingerprint)
+                        if counted is None:
+                            seen[fingerprint] = [1, None]
+                        else:
+                            counted[0] += 1
+                            if counted[0] == threshold:  # one stack walk per detection: the loop's line
+                                counted[1] = _location()
+                                ctx.query_repeated = True
+            except Exception as exc:
+                _faults.record("database", exc)
+                entry = None
+            start = perf_counter()
+            try:
+                return execute(cursor, statement, *args)
+            finally:  # a failed statement is timed too; its exception goes on untouched
+                seconds = perf_counter() - start
+                if entry is not None:
+                    if seconds < slow:
+                        try:
+                            entry.duration(seconds)
+                        except Exception as exc:
+                            _faults.record("database", exc)
+                    else:
+                        finish(entry, seconds)
+
+        return timed
+
+    def finish(self, entry: _Statement, seconds: float) -> None:
+        try:
+            entry.duration(seconds)
+            if seconds >= self.slow_seconds:
+                ctx = current.get()
+                if ctx is not None:
+                    ctx.slow_queries += 1
+                    _child(_slow, DB_SLOW_QUERIES, ctx.route_label).inc()
+                    span = ctx.span
+                    if span is not None and span.is_recording():
+                        span.add_event(
+                            "db.slow_query",
+                            {"db.statement.fingerprint": entry.fingerprint, "db.duration_seconds": seconds},
+                        )
+        except Exception as exc:
+            _faults.record("database", exc)
 
     # Pool
 
-    def checkout(self, dbapi_connection: Any, record: Any, proxy: Any) -> None:
-        self.update_pool_gauges()
+    def wrap_dispose(self, engine: Any) -> None:
+        """``Engine.dispose`` swaps in a new pool: wrap that one as it is made."""
+        dispose = type(engine).dispose
+        engine_ref = self.engine
 
-    def engine_disposed(self, engine: Any) -> None:
-        try:
-            self.wrap_pool(engine.pool)
-            self.update_pool_gauges()
-        except Exception as exc:
-            _faults.record("database", exc)
+        @functools.wraps(dispose)
+        def disposed(*args: Any, **kwargs: Any) -> None:
+            target = engine_ref()
+            try:
+                dispose(target, *args, **kwargs)
+            finally:
+                try:
+                    if target is not None:
+                        self.wrap_pool(target.pool)
+                except Exception as exc:
+                    _faults.record("database", exc)
+
+        engine.dispose = disposed
+
+    def unwrap_dispose(self) -> None:
+        engine = self.engine()
+        if engine is not None:
+            engine.__dict__.pop("dispose", None)
 
     def update_pool_gauges(self) -> None:
-        try:
-            engine = self.engine()
-            if engine is None:
-                return
-            pool: Any = engine.pool
-            if not hasattr(pool, "checkedout"):
-                return
-            size, checked_out, overflow, idle = self.gauges
-            size.set(pool.size())
-            checked_out.set(pool.checkedout())
-            # QueuePool counts overflow from -size up: only connections beyond the size are overflow
-            overflow.set(max(pool.overflow(), 0))
-            idle.set(pool.checkedin())
-        except Exception as exc:
-            _faults.record("database", exc)
+        """Read the pool's counts into the gauges: run by ``metrics.refresh`` before they are read."""
+        engine = self.engine()
+        if engine is None:
+            return
+        pool: Any = engine.pool
+        if not hasattr(pool, "checkedout"):
+            return
+        size, checked_out, overflow, idle = self.gauges
+        size.set(pool.size())
+        checked_out.set(pool.checkedout())
+        # QueuePool counts overflow from -size up: only connections beyond the size are overflow
+        overflow.set(max(pool.overflow(), 0))
+        idle.set(pool.checkedin())
 
     def wrap_pool(self, pool: Any) -> None:
-        """Time the wait for an idle connection and refresh the gauges after each return."""
+        """Time the wait for an idle connection in the pool's queue."""
         queue = getattr(pool, "_pool", None)
         if pool in self.wrapped_pools or queue is None or not hasattr(pool, "checkedout"):
             return
         get = queue.get
-        do_return_conn = pool._do_return_conn
         wait = self.wait
-        update = self.update_pool_gauges
 
         @functools.wraps(get)
         def timed_get(block: bool = True, timeout: float | None = None) -> Any:
@@ -301,24 +348,23 @@ class _EngineHooks:
                 except Exception as exc:
                     _faults.record("database", exc)
 
-        @functools.wraps(do_return_conn)
-        def returned(record: Any) -> None:
-            try:
-                do_return_conn(record)
-            finally:
-                update()
-
         queue.get = timed_get
-        pool._do_return_conn = returned
         self.wrapped_pools.add(pool)
 
     def unwrap_pools(self) -> None:
         for pool in list(self.wrapped_pools):
-            pool.__dict__.pop("_do_return_conn", None)
             queue = getattr(pool, "_pool", None)
             if queue is not None:
                 queue.__dict__.pop("get", None)
         self.wrapped_pools = weakref.WeakSet()
+
+
+def _refresh_pools() -> None:
+    for hooks in list(_engines.values()):
+        try:
+            hooks.update_pool_gauges()
+        except Exception as exc:
+            _faults.record("database", exc)
 
 
 # Per request
@@ -326,9 +372,12 @@ class _EngineHooks:
 
 def _on_route_exit(ctx: RequestContext) -> None:
     route = ctx.route_label
-    route_observer(_per_request, DB_QUERIES_PER_REQUEST, route)(ctx.queries)
+    observe = _per_request.get(route)
+    if observe is None:
+        observe = route_observer(_per_request, DB_QUERIES_PER_REQUEST, route)
+    observe(ctx.queries)
     seen = ctx.query_fingerprints
-    if seen is None:
+    if seen is None or not ctx.query_repeated:
         return
     repeated: list[tuple[str, int, str]] | None = None
     for statement, (count, location) in seen.items():
@@ -416,6 +465,7 @@ def _install_process_hooks() -> None:
     setattr(Engine, "__init__", __init__)  # noqa: B010
     event.listen(Pool, "connect", _count_connection)
     routes.on_route_exit.append(_on_route_exit)
+    REFRESHERS.append(_refresh_pools)
 
 
 def _remove_process_hooks() -> None:
@@ -431,6 +481,8 @@ def _remove_process_hooks() -> None:
         event.remove(Pool, "connect", _count_connection)
     if _on_route_exit in routes.on_route_exit:
         routes.on_route_exit.remove(_on_route_exit)
+    if _refresh_pools in REFRESHERS:
+        REFRESHERS.remove(_refresh_pools)
 
 
 # Public API
@@ -472,7 +524,6 @@ def instrument_engine(
     Raises at once on a SQLAlchemy other than 2.x or an object that is not an engine.
     """
     import sqlalchemy
-    from sqlalchemy import event
 
     check_version(sqlalchemy.__version__)
     sync = _sync_engine(engine)
@@ -493,23 +544,19 @@ def instrument_engine(
         _install_process_hooks()
     _engines[sync] = hooks
     _count_engine(sync)  # usually built before instrumenting, so the constructor hook missed it
-    for identifier, listener in hooks.listeners:
-        event.listen(sync, identifier, listener)
+    hooks.wrap_dialect(sync.dialect)
+    hooks.wrap_dispose(sync)
     hooks.wrap_pool(sync.pool)
-    hooks.update_pool_gauges()
 
 
 def uninstrument_engine(engine: Any) -> None:
-    """Remove every listener and pool wrapper ``instrument_engine`` put on ``engine``."""
-    from sqlalchemy import event
-
+    """Remove every wrapper ``instrument_engine`` put on ``engine``."""
     sync = _sync_engine(engine)
     hooks = _engines.pop(sync, None)
     if hooks is None:
         return
-    for identifier, listener in hooks.listeners:
-        if event.contains(sync, identifier, listener):
-            event.remove(sync, identifier, listener)
+    hooks.unwrap_dialect()
+    hooks.unwrap_dispose()
     hooks.unwrap_pools()
     if not any(other.pool_label == hooks.pool_label for other in _engines.values()):
         for state in POOL_STATES:

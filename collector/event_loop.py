@@ -21,6 +21,7 @@ from types import FrameType
 from typing import Any
 
 from collector import _faults
+from collector._updates import observer
 from collector.context import RequestContext
 from collector.metrics import EVENT_LOOP_LAG, EVENT_LOOP_STALLED_SECONDS, EVENT_LOOP_STALLS
 
@@ -113,6 +114,7 @@ class LoopMonitor:
     async def _heartbeat(self) -> None:
         interval = self.interval
         sleep = asyncio.sleep
+        observe_lag = observer(EVENT_LOOP_LAG)
         self._last_beat = perf_counter()
         while True:
             await sleep(interval)
@@ -120,7 +122,7 @@ class LoopMonitor:
             lag = now - self._last_beat - interval
             self._last_beat = now
             try:
-                EVENT_LOOP_LAG.observe(lag if lag > 0.0 else 0.0)
+                observe_lag(lag if lag > 0.0 else 0.0)
                 if self.on_beat is not None:
                     self.on_beat(now)
             except Exception as exc:
@@ -135,17 +137,23 @@ class LoopMonitor:
         return location
 
     def _watch(self) -> None:
-        poll = min(self.threshold / 4, 0.02)
         # The heartbeat sleeps ``interval`` between beats, so the loop is late only past that.
         allowance = self.interval + self.threshold
-        while not self._stop.wait(poll):
+        # Sleep until the moment the next beat would be late, not on a fixed short poll: a
+        # healthy loop wakes this thread about once per allowance, and each wake-up is a
+        # context switch and a GIL hand-off taken from the loop.
+        wait = allowance
+        while not self._stop.wait(wait):
             beat = self._last_beat
-            if perf_counter() - beat <= allowance:
+            late = perf_counter() - beat - allowance
+            if late <= 0:
+                wait = max(-late, 0.001)
                 continue
             try:
                 self._on_stall(beat)
             except Exception as exc:
                 _faults.record("event_loop", exc)
+            wait = allowance
 
     def _on_stall(self, beat: float) -> None:
         frame = sys._current_frames().get(self._loop_thread_id)

@@ -7,11 +7,42 @@ the right aggregate over live workers.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 
 from collector import _faults, _multiprocess
 
 _multiprocess.ensure_usable_value_store()
+
+# Functions that bring gauges up to date just before they are read, instead of on every
+# change: at each scrape of this process (``_Refresh`` is registered before any metric, so
+# the registry runs it first), and on the heartbeat in multi-process mode, where another
+# process reads the values from their files.
+REFRESHERS: list[Callable[[], None]] = []
+
+
+def refresh() -> None:
+    for refresher in list(REFRESHERS):
+        try:
+            refresher()
+        except Exception as exc:
+            _faults.record("refresh", exc)
+
+
+class _Refresh:
+    """A collector with no metrics of its own: reading the registry runs the refreshers first."""
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterable[Any]:
+        refresh()
+        return []
+
+
+REGISTRY.register(_Refresh())  # type: ignore[arg-type]
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0)
 FAST_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)

@@ -9,7 +9,7 @@ from typing import Any
 from collector import _faults, _multiprocess, exposition, routes, threadpool
 from collector.context import in_flight
 from collector.event_loop import LoopMonitor
-from collector.metrics import MIDDLEWARES, ROUTE_HANDLERS
+from collector.metrics import MIDDLEWARES, ROUTE_HANDLERS, refresh
 from collector.process import ProcessSampler
 from collector.settings import Settings
 
@@ -91,6 +91,8 @@ class Runtime:
         if now >= self._next_process_sample and _process is not None:
             self._next_process_sample = now + self.settings.process_sample_interval
             _process.sample()
+            if _multiprocess.enabled():  # read from files by another process: no scrape-time refresh
+                refresh()
 
     async def lifespan(self, app: Any, scope: Any, receive: Any, send: Any) -> None:
         async def receive_wrapper() -> Any:

@@ -17,7 +17,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.pool import Pool
 
 import collector
-from collector import database, routes
+from collector import database, metrics, routes
 from collector.context import RequestContext, current
 from tests.conftest import POSTGRES_URL, Samples, Server, free_port, series, value
 
@@ -237,6 +237,9 @@ def test_instrumenting_twice_counts_once_and_uninstrumenting_stops_counting(app_
     assert series(uninstrumented, "fastapi_db_pool_connections") == []
 
 
+WRAPPED_DIALECT_METHODS = {"do_execute", "do_execute_no_params", "do_executemany", "initialize"}
+
+
 def test_uninstrument_removes_every_listener_and_wrapper(tmp_path: Path) -> None:
     engine = create_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
     original_init = Engine.__dict__["__init__"]
@@ -244,11 +247,14 @@ def test_uninstrument_removes_every_listener_and_wrapper(tmp_path: Path) -> None
     collector.instrument_engine(engine)
     hooks = database._engines[engine]
     try:
-        for identifier, listener in hooks.listeners:
-            assert event.contains(engine, identifier, listener), identifier
+        assert set(vars(engine.dialect)) >= WRAPPED_DIALECT_METHODS
+        assert "dispose" in vars(engine)
+        # no engine-level listener: it would make every Connection join the engine's dispatcher
+        assert not engine._has_events
         assert event.contains(Pool, "connect", database._count_connection)
         assert routes.on_route_exit.count(database._on_route_exit) == 1
-        engine.dispose()  # the new pool keeps the listeners and gets its own wrappers
+        assert metrics.REFRESHERS.count(database._refresh_pools) == 1
+        engine.dispose()  # the new pool gets its own wrapper
         assert engine.pool in hooks.wrapped_pools
         ctx = RequestContext("GET", 0.0)
         token = current.set(ctx)
@@ -261,14 +267,22 @@ def test_uninstrument_removes_every_listener_and_wrapper(tmp_path: Path) -> None
     finally:
         collector.uninstrument_engine(engine)
 
-    for identifier, listener in hooks.listeners:
-        assert not event.contains(engine, identifier, listener), identifier
+    assert not WRAPPED_DIALECT_METHODS & set(vars(engine.dialect))
+    assert "dispose" not in vars(engine)
     assert not event.contains(Pool, "connect", database._count_connection)
     assert database._on_route_exit not in routes.on_route_exit
+    assert database._refresh_pools not in metrics.REFRESHERS
     assert Engine.__dict__["__init__"] is original_init
     assert "get" not in vars(engine.pool._pool)  # type: ignore[attr-defined]
-    assert "_do_return_conn" not in vars(engine.pool)
     engine.dispose()
+    ctx = RequestContext("GET", 0.0)
+    token = current.set(ctx)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    finally:
+        current.reset(token)
+    assert ctx.queries == 0
 
 
 def test_statement_cache_stays_bounded_under_distinct_literals() -> None:
