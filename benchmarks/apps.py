@@ -1,4 +1,4 @@
-"""The app variants the overhead benchmark serves: one endpoint, instrumented five ways.
+"""The app variants the overhead benchmark serves: one endpoint, bare twice and instrumented four ways.
 
 Served with ``uvicorn --app-dir benchmarks apps:create_app --factory``; the variant and the
 scenario come from ``BENCH_VARIANT`` and ``BENCH_SCENARIO`` so that every server runs the
@@ -17,6 +17,7 @@ from pydantic import BaseModel
 
 VARIANTS: dict[str, str] = {
     "bare": "FastAPI, no instrumentation",
+    "bare_again": "the same bare app in processes of its own: the noise floor of a ratio to bare",
     "collector": "collector.instrument(app), metrics only (COLLECTOR_TRACING=off)",
     "collector_tracing": "collector.instrument(app), tracing on, 100 % sampled, spans to a counting exporter",
     "instrumentator": "prometheus-fastapi-instrumentator: Instrumentator().instrument(app).expose(app)",
@@ -26,6 +27,7 @@ VARIANTS: dict[str, str] = {
 # Environment of each variant's server, on top of the driver's own.
 VARIANT_ENV: dict[str, dict[str, str]] = {
     "bare": {},
+    "bare_again": {},
     "collector": {"COLLECTOR_TRACING": "off"},
     "collector_tracing": {"COLLECTOR_TRACING": "on", "COLLECTOR_TRACE_SAMPLE_RATIO": "1.0"},
     "instrumentator": {},

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime
 import importlib.metadata
 import json
@@ -85,6 +86,8 @@ class Measurement:
     requests: int
     non_2xx: int
     socket_errors: int
+    # Server CPU time (user + system) per request served, from /proc: less noisy than req/s.
+    cpu_us_per_request: float | None = None
 
 
 def free_port() -> int:
@@ -183,6 +186,52 @@ def run_wrk(server: Server, duration: float) -> Measurement:
     return parse_wrk(done.stdout)
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User plus system CPU time of a process so far, or None where /proc cannot tell."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def postgres_pids() -> list[int]:
+    pids = []
+    for comm in Path("/proc").glob("[0-9]*/comm"):
+        try:
+            if comm.read_text().strip() == "postgres":
+                pids.append(int(comm.parent.name))
+        except OSError:
+            continue
+    return pids
+
+
+def pin_postgres(core: str) -> tuple[str, Any]:
+    """Move the local PostgreSQL's processes (and so its future backends) onto ``core``.
+
+    Returns what was done, for the results, and a function that puts them back.
+    """
+    pids = postgres_pids()
+    if not pids:
+        return "not pinned: no local postgres process found", lambda: None
+    try:
+        before = os.sched_getaffinity(min(pids))
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):  # a backend that just ended
+                os.sched_setaffinity(pid, {int(core)})
+    except PermissionError:
+        return "not pinned: no permission to change postgres's CPU affinity", lambda: None
+
+    def restore() -> None:
+        for pid in postgres_pids():
+            try:
+                os.sched_setaffinity(pid, before)
+            except OSError:
+                continue
+
+    return f"pinned to core {core} with wrk ({len(pids)} processes; restored afterwards)", restore
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -218,6 +267,11 @@ def summarise(variants: list[str], rounds: list[dict[str, Any]]) -> dict[str, di
         runs = [r["results"][variant] for r in rounds]
         ratios = [run["rps"] / r["results"]["bare"]["rps"] for r, run in zip(rounds, runs, strict=True)]
         deltas = [run["p99_ms"] - r["results"]["bare"]["p99_ms"] for r, run in zip(rounds, runs, strict=True)]
+        cpu = [
+            r["results"]["bare"]["cpu_us_per_request"] / run["cpu_us_per_request"]
+            for r, run in zip(rounds, runs, strict=True)
+            if run.get("cpu_us_per_request") and r["results"]["bare"].get("cpu_us_per_request")
+        ]
         summary[variant] = {
             "median_rps": statistics.median(run["rps"] for run in runs),
             "median_p50_ms": statistics.median(run["p50_ms"] for run in runs),
@@ -227,20 +281,29 @@ def summarise(variants: list[str], rounds: list[dict[str, Any]]) -> dict[str, di
             "max_ratio_to_bare": max(ratios),
             "median_p99_delta_ms": statistics.median(deltas),
         }
+        if cpu:
+            summary[variant]["median_cpu_us_per_request"] = statistics.median(
+                run["cpu_us_per_request"] for run in runs if run.get("cpu_us_per_request")
+            )
+            summary[variant]["median_cpu_ratio_to_bare"] = statistics.median(cpu)
     return summary
 
 
 def markdown_table(scenario: str, summary: dict[str, dict[str, float]]) -> str:
     lines = [
         "| variant | median req/s | ratio to bare (paired median) | ratio range | median p99 (ms) "
-        "| p99 - bare (paired median, ms) |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| p99 - bare (paired median, ms) | server CPU µs/request "
+        "| bare's CPU/request ÷ this (paired median) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for variant, s in summary.items():
+        cpu = s.get("median_cpu_us_per_request")
+        cpu_ratio = s.get("median_cpu_ratio_to_bare")
         lines.append(
             f"| {variant} | {s['median_rps']:.0f} | {s['median_ratio_to_bare']:.2f} "
             f"| {s['min_ratio_to_bare']:.2f} to {s['max_ratio_to_bare']:.2f} | {s['median_p99_ms']:.2f} "
-            f"| {s['median_p99_delta_ms']:+.2f} |"
+            f"| {s['median_p99_delta_ms']:+.2f} | {'n/a' if cpu is None else f'{cpu:.0f}'} "
+            f"| {'n/a' if cpu_ratio is None else f'{cpu_ratio:.2f}'} |"
         )
     ours = summary.get("collector")
     if ours is None:
@@ -266,7 +329,8 @@ def chart(scenario: str, summary: dict[str, dict[str, float]], rounds: int, path
     low = [r - summary[n]["min_ratio_to_bare"] for n, r in zip(names, ratios, strict=True)]
     high = [summary[n]["max_ratio_to_bare"] - r for n, r in zip(names, ratios, strict=True)]
     colours = [
-        "#7f7f7f" if n == "bare" else "#1f77b4" if n.startswith("collector") else "#ff7f0e" for n in names
+        "#7f7f7f" if n.startswith("bare") else "#1f77b4" if n.startswith("collector") else "#ff7f0e"
+        for n in names
     ]
     target = TARGET_RATIO[scenario]
 
@@ -318,6 +382,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--postgres-url", default=os.environ.get("BENCH_POSTGRES_URL", apps.DEFAULT_POSTGRES_URL)
     )
+    parser.add_argument(
+        "--postgres-core",
+        default=CLIENT_CORE,
+        help="core for the local PostgreSQL during the run (realistic scenario), 'shared' to leave it alone",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS, help="folder for <scenario>.json/.png/.md")
     parser.add_argument(
         "--replot", action="store_true", help="redraw .png and .md from <scenario>.json, no run"
@@ -336,36 +405,55 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def measure(
-    servers: list[Server], rounds: int, duration: float, shuffler: random.Random
-) -> list[dict[str, Any]]:
-    """Every variant once per round, in a fresh random order each round."""
-    done: list[dict[str, Any]] = []
-    for i in range(1, rounds + 1):
+def measure_round(
+    i: int, rounds: int, variants: list[str], args: argparse.Namespace, logs: Path, shuffler: random.Random
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One round: fresh servers for every variant, warmed up, then measured once each in a random order.
+
+    Fresh processes each round: two processes of the very same app can differ by 10 % or more
+    for their whole life (memory layout), which interleaving alone does not average out.
+    """
+    servers: list[Server] = []
+    try:
+        for variant in variants:
+            servers.append(
+                start_server(variant, args.scenario, logs, {"BENCH_POSTGRES_URL": args.postgres_url})
+            )
+        setup = {s.variant: wait_ready(s) for s in servers}
+        if args.warmup:
+            for server in servers:
+                run_wrk(server, args.warmup)
         order = servers[:]
         shuffler.shuffle(order)
         results: dict[str, dict[str, Any]] = {}
         for server in order:
             time.sleep(0.5)  # let the previous server's background work settle
-            m = run_wrk(server, duration)
+            cpu_before = cpu_seconds(server.process.pid)
+            m = run_wrk(server, args.duration)
+            cpu_after = cpu_seconds(server.process.pid)
+            if cpu_before is not None and cpu_after is not None and m.requests:
+                m.cpu_us_per_request = (cpu_after - cpu_before) / m.requests * 1e6
             if m.non_2xx or m.socket_errors:
                 raise RuntimeError(
                     f"{server.variant}: {m.non_2xx} non-2xx responses, {m.socket_errors} errors"
                 )
             results[server.variant] = m.__dict__
+            cpu = f"{m.cpu_us_per_request:7.0f}" if m.cpu_us_per_request is not None else "    n/a"
             print(
-                f"  round {i}/{rounds}  {server.variant:<18} {m.rps:9.0f} req/s  p99 {m.p99_ms:7.2f} ms",
+                f"  round {i}/{rounds}  {server.variant:<18} {m.rps:9.0f} req/s  p99 {m.p99_ms:7.2f} ms"
+                f"  cpu {cpu} us/req",
                 flush=True,
             )
-        done.append(
-            {
-                "round": i,
-                "order": [s.variant for s in order],
-                "load_average_1m": os.getloadavg()[0],
-                "results": results,
-            }
-        )
-    return done
+        final = {s.variant: {**setup[s.variant], **get_json(s.url + "/_bench")} for s in servers}
+    finally:
+        stop_servers(servers)
+    done = {
+        "round": i,
+        "order": [s.variant for s in order],
+        "load_average_1m": os.getloadavg()[0],
+        "results": results,
+    }
+    return done, final
 
 
 def write_report(output: Path, scenario: str, summary: dict[str, dict[str, float]], rounds: int) -> str:
@@ -385,7 +473,7 @@ def main() -> int:
     # Stoppable however it was started (a background job ignores SIGINT): servers are killed in `finally`.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _terminate)
-    estimate = len(variants) * (args.warmup + args.rounds * (args.duration + 0.6)) + 10
+    estimate = args.rounds * (8 + len(variants) * (args.warmup + args.duration + 0.6)) + 10
     print(
         f"overhead: scenario {args.scenario}, {len(variants)} variants, {args.rounds} rounds x "
         f"{args.duration:g} s, about {estimate / 60:.1f} min",
@@ -396,27 +484,30 @@ def main() -> int:
 
     info = machine_info()
     started = datetime.datetime.now(datetime.UTC)
-    servers: list[Server] = []
+    postgres, unpin = "not used", None
+    if args.scenario == "realistic":
+        if args.postgres_core == "shared":
+            postgres = "not pinned: shares both cores"
+        else:
+            postgres, unpin = pin_postgres(args.postgres_core)
+        print(f"  postgres: {postgres}", flush=True)
+    rounds: list[dict[str, Any]] = []
+    final: dict[str, Any] = {}
+    shuffler = random.Random(args.seed)
     with tempfile.TemporaryDirectory(prefix="overhead-") as logs:
         try:
-            for variant in variants:
-                env = {"BENCH_POSTGRES_URL": args.postgres_url}
-                servers.append(start_server(variant, args.scenario, Path(logs), env))
-            setup = {s.variant: wait_ready(s) for s in servers}
-            for server in servers:
-                print(f"  warm-up {server.variant} ({args.warmup:g} s)", flush=True)
-                if args.warmup:
-                    run_wrk(server, args.warmup)
-            rounds = measure(servers, args.rounds, args.duration, random.Random(args.seed))
-            final = {s.variant: get_json(s.url + "/_bench") for s in servers}
+            for i in range(1, args.rounds + 1):
+                done, final = measure_round(i, args.rounds, variants, args, Path(logs), shuffler)
+                rounds.append(done)
         finally:
-            stop_servers(servers)
+            if unpin is not None:
+                unpin()
 
     summary = summarise(variants, rounds)
     info["load_average_at_end"] = list(os.getloadavg())
     server_setup = {
         v: {
-            "pid": setup[v]["pid"],
+            "pid_last_round": final[v]["pid"],
             "instrument_engine_used": final[v]["instrument_engine"],
             "spans_exported": final[v]["spans_exported"],
         }
@@ -434,6 +525,7 @@ def main() -> int:
             "path": PATH,
             "wrk": f"taskset -c {CLIENT_CORE} wrk -t1 -c{CONNECTIONS} -d{args.duration:g}s --latency",
             "server": f"taskset -c {SERVER_CORE} uvicorn --workers 1 --loop uvloop --no-access-log",
+            "postgres": postgres,
             "span_export": "BatchSpanProcessor (SDK defaults) into an in-process exporter that counts, drops",
         },
         "machine": info,
