@@ -64,12 +64,15 @@ _MARKERS: dict[int, int] = {}
 _marker_codes: list[CodeType] = []  # keeps the ids above from being reused
 
 
+_ROUTE_RANK = 2  # the route hook's frame: the task that runs the endpoint
+
+
 def _find_markers() -> None:
     """The collector's frames that hold the request's ``ctx``: the middleware and the route hook.
 
     The route hook outranks the middleware: under BaseHTTPMiddleware the endpoint runs in another task.
     """
-    for function, rank in ((CollectorMiddleware.__call__, 1), (routes._observed, 2)):
+    for function, rank in ((CollectorMiddleware.__call__, 1), (routes._observed, _ROUTE_RANK)):
         code = function.__code__
         if "ctx" in code.co_varnames or "ctx" in code.co_cellvars:
             _MARKERS[id(code)] = rank
@@ -394,9 +397,11 @@ class Sampler:
                 rec = self.recordings[ctx] = _Recording()
             rec.idle += max(0.0, min(elapsed, age) - rec.ran)
             rec.ran = 0.0
-            if rec.task is None:
+            if rec.task_rank < _ROUTE_RANK:
+                # No task yet, or only the middleware's: under BaseHTTPMiddleware the endpoint's task
+                # starts later, and is looked for until found.
                 unresolved = True
-            elif rec.idle > 0.0:
+            if rec.task is not None and rec.idle > 0.0:
                 if rec.chain_is_current():
                     self._record_await(rec)
                 else:

@@ -152,6 +152,13 @@ def test_slow_request_behind_base_http_middleware_is_profiled_down_to_its_endpoi
     assert hottest_leaf(speedscope(server, only_profile(server, "/cpu"))) == "crunch"
 
 
+def test_endpoint_task_started_after_the_middleware_was_seen_is_still_found(serve: Any) -> None:
+    server = start(serve, PROFILING_TEST_BASE_HTTP="slow")
+    assert server.get("/await", params={"seconds": 0.3}).status_code == 200
+
+    assert only_profile(server, "/await")["hottest"]["function"] == "fetch_remote"
+
+
 def test_fast_route_keeps_no_profile(serve: Any) -> None:
     server = start(serve)
     with server.client() as client:

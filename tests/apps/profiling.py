@@ -82,6 +82,13 @@ async def passthrough(request: Request, call_next: Any) -> Any:
     return await call_next(request)
 
 
+async def check_first(request: Request, call_next: Any) -> Any:
+    await asyncio.sleep(0.05)  # the middleware's task is seen well before the endpoint's exists
+    return await call_next(request)
+
+
 if os.environ.get("PROFILING_TEST_BASE_HTTP") == "1":
     app.add_middleware(BaseHTTPMiddleware, dispatch=passthrough)
+elif os.environ.get("PROFILING_TEST_BASE_HTTP") == "slow":
+    app.add_middleware(BaseHTTPMiddleware, dispatch=check_first)
 collector.instrument(app)
