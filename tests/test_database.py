@@ -237,6 +237,18 @@ def test_instrumenting_twice_counts_once_and_uninstrumenting_stops_counting(app_
     assert series(uninstrumented, "fastapi_db_pool_connections") == []
 
 
+def queries_counted_on_a_request(engine: Any) -> int:
+    """Run one statement as if inside a request; how many statements that request counted."""
+    ctx = RequestContext("GET", 0.0)
+    token = current.set(ctx)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    finally:
+        current.reset(token)
+    return ctx.queries
+
+
 WRAPPED_DIALECT_METHODS = {"do_execute", "do_execute_no_params", "do_executemany", "initialize"}
 
 
@@ -256,14 +268,7 @@ def test_uninstrument_removes_every_listener_and_wrapper(tmp_path: Path) -> None
         assert metrics.REFRESHERS.count(database._refresh_pools) == 1
         engine.dispose()  # the new pool gets its own wrapper
         assert engine.pool in hooks.wrapped_pools
-        ctx = RequestContext("GET", 0.0)
-        token = current.set(ctx)
-        try:
-            with engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
-        finally:
-            current.reset(token)
-        assert ctx.queries == 1
+        assert queries_counted_on_a_request(engine) == 1
     finally:
         collector.uninstrument_engine(engine)
 
@@ -275,14 +280,7 @@ def test_uninstrument_removes_every_listener_and_wrapper(tmp_path: Path) -> None
     assert Engine.__dict__["__init__"] is original_init
     assert "get" not in vars(engine.pool._pool)  # type: ignore[attr-defined]
     engine.dispose()
-    ctx = RequestContext("GET", 0.0)
-    token = current.set(ctx)
-    try:
-        with engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
-    finally:
-        current.reset(token)
-    assert ctx.queries == 0
+    assert queries_counted_on_a_request(engine) == 0
 
 
 def test_statement_cache_stays_bounded_under_distinct_literals() -> None:
