@@ -11,8 +11,8 @@ client threads, and the count is dumped. Variants run side by side (counts do no
 timing). What the count leaves out: the kernel (socket and scheduler work, the same for every
 variant) and cache behaviour; it is the user-space work the instrumentation adds.
 
-Time-driven work is slowed down with the rest under valgrind (about 50 times), so the collector's
-heartbeat and watchdog would be counted 50 times too often against each request: the collector
+Time-driven work is slowed down with the rest under valgrind (50 to 100 times), so the collector's
+heartbeat and watchdog would be counted that many times too often against each request: the collector
 variants run with ``COLLECTOR_HEARTBEAT_INTERVAL=1`` here (25 ms by default; its cost at full
 speed is about 40 wake-ups a second, not per request). Results go to
 ``benchmarks/results/instructions-<scenario>.json`` and a table is printed.

@@ -223,7 +223,7 @@ class _EngineHooks:
         return wrapped
 
     def _timed(self, execute: Callable[..., Any]) -> Callable[..., Any]:
-        finish = self.finish
+        slow_statement = self.slow_statement
         get = _statements.get
         slow = self.slow_seconds
         threshold = self.threshold
@@ -259,32 +259,27 @@ class _EngineHooks:
             finally:  # a failed statement is timed too; its exception goes on untouched
                 seconds = perf_counter() - start
                 if entry is not None:
-                    if seconds < slow:
-                        try:
-                            entry.duration(seconds)
-                        except Exception as exc:
-                            _faults.record("database", exc)
-                    else:
-                        finish(entry, seconds)
+                    try:
+                        entry.duration(seconds)
+                        if seconds >= slow:
+                            slow_statement(entry, seconds)
+                    except Exception as exc:
+                        _faults.record("database", exc)
 
         return timed
 
-    def finish(self, entry: _Statement, seconds: float) -> None:
-        try:
-            entry.duration(seconds)
-            if seconds >= self.slow_seconds:
-                ctx = current.get()
-                if ctx is not None:
-                    ctx.slow_queries += 1
-                    _child(_slow, DB_SLOW_QUERIES, ctx.route_label).inc()
-                    span = ctx.span
-                    if span is not None and span.is_recording():
-                        span.add_event(
-                            "db.slow_query",
-                            {"db.statement.fingerprint": entry.fingerprint, "db.duration_seconds": seconds},
-                        )
-        except Exception as exc:
-            _faults.record("database", exc)
+    def slow_statement(self, entry: _Statement, seconds: float) -> None:
+        """A statement over the slow threshold: counted on its request's route, fingerprint on the span."""
+        ctx = current.get()
+        if ctx is not None:
+            ctx.slow_queries += 1
+            _child(_slow, DB_SLOW_QUERIES, ctx.route_label).inc()
+            span = ctx.span
+            if span is not None and span.is_recording():
+                span.add_event(
+                    "db.slow_query",
+                    {"db.statement.fingerprint": entry.fingerprint, "db.duration_seconds": seconds},
+                )
 
     # Pool
 
@@ -372,10 +367,7 @@ def _refresh_pools() -> None:
 
 def _on_route_exit(ctx: RequestContext) -> None:
     route = ctx.route_label
-    observe = _per_request.get(route)
-    if observe is None:
-        observe = route_observer(_per_request, DB_QUERIES_PER_REQUEST, route)
-    observe(ctx.queries)
+    route_observer(_per_request, DB_QUERIES_PER_REQUEST, route)(ctx.queries)
     seen = ctx.query_fingerprints
     if seen is None or not ctx.query_repeated:
         return

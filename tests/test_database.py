@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -235,6 +236,29 @@ def test_instrumenting_twice_counts_once_and_uninstrumenting_stops_counting(app_
     assert delta(uninstrumented, after, "fastapi_resources_created_total") == 0
     assert series(twice, "fastapi_db_pool_connections") != []
     assert series(uninstrumented, "fastapi_db_pool_connections") == []
+
+
+def test_pool_gauges_under_gunicorn_come_from_each_worker_heartbeat(
+    serve: Callable[..., Server], schema: str, multiproc_dir: str
+) -> None:
+    # In multi-process mode the scrape reads files, so each worker writes its pool's counts on its heartbeat.
+    env = {
+        "DB_TEST_SCHEMA": schema,
+        "DB_TEST_CLOSED_PORT": str(free_port()),
+        "PROMETHEUS_MULTIPROC_DIR": multiproc_dir,
+        "COLLECTOR_PROCESS_SAMPLE_INTERVAL": "0.1",
+    }
+    server = serve("tests.apps.db:app", server="gunicorn", workers=2, env=env, ready_path="/no-db")
+    for _ in range(6):
+        with server.client() as client:  # a new connection each time: gunicorn spreads them over workers
+            assert client.get("/parents/selectin").status_code == 200
+    time.sleep(0.5)
+    after = server.metrics()
+    assert value(after, "fastapi_workers") == 2
+    # pool_size=2 in each of the two live workers, summed; nothing checked out once the requests are done
+    assert value(after, "fastapi_db_pool_connections", pool=ASYNCPG_POOL, state="size") == 4
+    assert value(after, "fastapi_db_pool_connections", pool=ASYNCPG_POOL, state="checked_out") == 0
+    assert value(after, "fastapi_db_pool_connections", pool=ASYNCPG_POOL, state="overflow") == 0
 
 
 def queries_counted_on_a_request(engine: Any) -> int:
