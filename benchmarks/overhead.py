@@ -22,6 +22,7 @@ import os
 import platform
 import random
 import re
+import shutil
 import signal
 import socket
 import statistics
@@ -400,6 +401,9 @@ def parse_args() -> argparse.Namespace:
         parser.error("--rounds and --duration must be positive")
     if (os.cpu_count() or 1) < 2:
         parser.error("needs two cores: the server on core 0, wrk on core 1")
+    for tool, package in (("wrk", "wrk"), ("taskset", "util-linux")):
+        if not args.replot and shutil.which(tool) is None:
+            parser.error(f"{tool} not found: install Debian's {package} package (apt-get install {package})")
     if args.seed is None:
         args.seed = random.SystemRandom().randrange(2**32)
     return args

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
-from collector import _faults
+from collector import _faults, fastapi_hooks
 from collector._updates import observer
 from collector.context import UNMATCHED, RequestContext, current, in_flight
 from collector.metrics import MIDDLEWARE_DURATION, REQUEST_DURATION, RESPONSE_SIZE, STALLED_REQUESTS
@@ -60,6 +60,10 @@ class CollectorMiddleware:
             if not self._until_timed:
                 self._until_timed = self._timed_every
                 ctx.timed = True
+                try:
+                    fastapi_hooks.timed_begin()
+                except Exception as exc:
+                    _faults.record("fastapi", exc)
         token = current.set(ctx)
         in_flight.add(ctx)
 
@@ -82,6 +86,8 @@ class CollectorMiddleware:
             in_flight.discard(ctx)
             current.reset(token)
             try:
+                if ctx.timed:
+                    fastapi_hooks.timed_end()
                 self._finish(ctx, end)
             except Exception as exc:
                 _faults.record("asgi", exc)

@@ -55,3 +55,13 @@ current: ContextVar[RequestContext | None] = ContextVar("collector_request", def
 
 # Requests being handled in this process, for the event-loop watchdog to attribute stalls.
 in_flight: set[RequestContext] = set()
+
+
+def snapshot(items: set[Any]) -> list[Any]:
+    """A copy of a set another thread may be changing (``in_flight`` from the loop thread)."""
+    for _ in range(3):
+        try:
+            return list(items)
+        except RuntimeError:  # changed size during iteration: the loop thread moved on
+            continue
+    return []

@@ -18,11 +18,10 @@ import threading
 from collections.abc import Callable
 from time import perf_counter
 from types import FrameType
-from typing import Any
 
 from collector import _faults
 from collector._updates import observer
-from collector.context import RequestContext
+from collector.context import RequestContext, snapshot
 from collector.metrics import EVENT_LOOP_LAG, EVENT_LOOP_STALLED_SECONDS, EVENT_LOOP_STALLS
 
 OTHER_LOCATION = "other"
@@ -162,7 +161,7 @@ class LoopMonitor:
         EVENT_LOOP_STALLS.labels(location).inc()
         # Marked now: a request in flight may finish as soon as the loop moves again.
         stall = [location, 0.0]
-        for ctx in _snapshot(self.in_flight):
+        for ctx in snapshot(self.in_flight):
             if ctx.stalls is None:
                 ctx.stalls = []
             ctx.stalls.append(stall)
@@ -172,12 +171,3 @@ class LoopMonitor:
         seconds = max(0.0, self._last_beat - beat - self.interval)
         stall[1] = seconds
         EVENT_LOOP_STALLED_SECONDS.inc(seconds)
-
-
-def _snapshot(items: set[Any]) -> list[Any]:
-    for _ in range(3):
-        try:
-            return list(items)
-        except RuntimeError:  # changed size during iteration: the loop thread moved on
-            continue
-    return []

@@ -16,6 +16,15 @@ same way; the hooks replace those globals. Per timed request (one in
   ``JSONResponse``, ``ORJSONResponse`` and ``UJSONResponse`` (subclasses inherit it;
   a subclass with its own ``render`` is not timed).
 
+The three module functions are swapped for their wrappers only while a timed request is in
+flight: the middleware calls ``timed_begin`` and ``timed_end`` around each one, so most
+requests call FastAPI's own functions with no wrapper in between (an untimed request that
+overlaps a timed one passes through the wrappers). Swapping a module global's value leaves
+the interpreter's caches of that module valid; setting an attribute on a class would not
+(every lookup through the class and its subclasses misses until respecialised), so the
+response classes' ``render`` stays wrapped from ``install`` on, and the response field's
+serializers are wrapped on the field instance, for the span of a timed ``serialize_response``.
+
 Times add up in the request's context and are observed once, when the route finishes;
 a phase that did not run for a request is not observed. The body's JSON parsing, done by
 FastAPI before ``solve_dependencies``, is in none of them. Response size is counted by the
@@ -27,6 +36,7 @@ from __future__ import annotations
 import functools
 import inspect
 import re
+import threading
 from collections.abc import Callable
 from time import perf_counter
 from typing import Any
@@ -43,8 +53,11 @@ from collector.metrics import (
 # FastAPI versions whose internals these hooks were checked against (0.115 and 0.165 are tested).
 SUPPORTED = ((0, 115), (0, 200))
 
-_patches: list[tuple[Any, str, Any, bool]] = []  # (owner, name, original, owner had its own)
+# (owner, name, original, wrapper, owner had its own); module functions set only while timed.
+_patches: list[tuple[Any, str, Any, Any, bool]] = []
 _users = 0
+_timed_in_flight = 0
+_lock = threading.Lock()
 
 _dependency: dict[str, Callable[[float], None]] = {}
 _validation_request: dict[str, Callable[[float], None]] = {}
@@ -114,13 +127,17 @@ def _request_body_to_args(original: Callable[..., Any]) -> Callable[..., Any]:
 
 def _serialize_response(original: Callable[..., Any]) -> Callable[..., Any]:
     async def timed(ctx: RequestContext, args: Any, kwargs: Any) -> Any:
+        field = kwargs.get("field")
+        hooked = field is not None and _hook_field(field)
         serialized = ctx.serialization_seconds
         start = perf_counter()
         try:
             return await original(*args, **kwargs)
         finally:
             elapsed = perf_counter() - start
-            if kwargs.get("field") is None:  # no response model: all of it is jsonable_encoder
+            if hooked:
+                _unhook_field(field)
+            if field is None:  # no response model: all of it is jsonable_encoder
                 ctx.serialization_seconds = serialized + elapsed
             else:  # the model's serializer added its own time to serialization_seconds
                 ctx.validation_response_seconds += elapsed - (ctx.serialization_seconds - serialized)
@@ -128,21 +145,79 @@ def _serialize_response(original: Callable[..., Any]) -> Callable[..., Any]:
     return _when_timed(original, timed)
 
 
+# The response field's serializers are timed through attributes set on the field itself, for
+# the span of a timed serialize_response: FastAPI reads ``field.serialize``/``serialize_json``
+# from the instance there, and an instance attribute costs other requests nothing, where a
+# wrapper on ``ModelField`` would cost every request a call with its keyword arguments packed.
+_FIELD_SERIALIZERS = ("serialize", "serialize_json")
+_field_users: dict[int, int] = {}  # id(field) -> timed serialize_response calls using it now
+
+
+def _hook_field(field: Any) -> bool:
+    key = id(field)
+    users = _field_users.get(key, 0)
+    if not users:
+        try:
+            for name in _FIELD_SERIALIZERS:
+                method = getattr(field, name, None)
+                if method is not None:
+                    setattr(field, name, _serializing(method))
+        except (AttributeError, TypeError):  # a field that takes no attributes: not split
+            _unhook_field_attributes(field)
+            return False
+    _field_users[key] = users + 1
+    return True
+
+
+def _unhook_field(field: Any) -> None:
+    key = id(field)
+    users = _field_users.get(key, 0) - 1
+    if users > 0:
+        _field_users[key] = users
+        return
+    _field_users.pop(key, None)
+    _unhook_field_attributes(field)
+
+
+def _unhook_field_attributes(field: Any) -> None:
+    attributes = getattr(field, "__dict__", None)
+    if attributes is not None:
+        for name in _FIELD_SERIALIZERS:
+            attributes.pop(name, None)
+
+
 def _serializing(original: Callable[..., Any]) -> Callable[..., Any]:
-    """For ``ModelField.serialize*`` and ``Response.render``: time added to serialization."""
+    """For a response field's bound serializers: time added to serialization."""
 
     @functools.wraps(original)
-    def serialize(self: Any, *args: Any, **kwargs: Any) -> Any:
+    def serialize(*args: Any, **kwargs: Any) -> Any:
         ctx = current.get()
         if ctx is None or not ctx.timed:
-            return original(self, *args, **kwargs)
+            return original(*args, **kwargs)
         start = perf_counter()
         try:
-            return original(self, *args, **kwargs)
+            return original(*args, **kwargs)
         finally:
             ctx.serialization_seconds += perf_counter() - start
 
     return serialize
+
+
+def _rendering(original: Callable[[Any, Any], bytes]) -> Callable[[Any, Any], bytes]:
+    """For ``render`` on JSON response classes: time added to serialization, on timed requests."""
+
+    @functools.wraps(original)
+    def render(self: Any, content: Any) -> bytes:
+        ctx = current.get()
+        if ctx is None or not ctx.timed:
+            return original(self, content)
+        start = perf_counter()
+        try:
+            return original(self, content)
+        finally:
+            ctx.serialization_seconds += perf_counter() - start
+
+    return render
 
 
 def _version(text: str) -> tuple[int, int]:
@@ -195,30 +270,36 @@ def _targets() -> list[tuple[Any, str, Callable[[Callable[..., Any]], Callable[.
         (routing, "solve_dependencies", _solve_dependencies),
         (routing, "serialize_response", _serialize_response),
         (dependency_utils, "request_body_to_args", _request_body_to_args),
-        (ModelField, "serialize", _serializing),
     ]
-    if "serialize_json" in vars(ModelField):
-        found.append((ModelField, "serialize_json", _serializing))
     for cls in (
         responses.JSONResponse,
         getattr(fastapi_responses, "ORJSONResponse", None),
         getattr(fastapi_responses, "UJSONResponse", None),
     ):
         if cls is not None and "render" in vars(cls):
-            found.append((cls, "render", _serializing))
+            parameters = list(inspect.signature(cls.render).parameters)
+            if parameters != ["self", "content"]:
+                raise RuntimeError(
+                    f"collector: {cls.__name__}.render takes ({', '.join(parameters)}), not (self, content)"
+                )
+            found.append((cls, "render", _rendering))
     return found
 
 
 def install() -> None:
-    """Hook FastAPI's internals for one more instrumented app; RuntimeError on an unsupported FastAPI."""
+    """Ready FastAPI's hooks for one more instrumented app; RuntimeError on an unsupported FastAPI.
+
+    Methods on classes are wrapped here, for good. Module functions are swapped in only while
+    a timed request is in flight (``timed_begin``/``timed_end``).
+    """
     global _users
     if not _patches:
-        targets = _targets()
-        for owner, name, wrap in targets:
-            own = name in vars(owner)
+        for owner, name, wrap in _targets():
             original = getattr(owner, name)
-            _patches.append((owner, name, original, own))
-            setattr(owner, name, wrap(original))
+            wrapped = wrap(original)
+            _patches.append((owner, name, original, wrapped, name in vars(owner)))
+            if isinstance(owner, type):
+                setattr(owner, name, wrapped)
         if _observe not in routes.on_route_exit:
             routes.on_route_exit.append(_observe)
     _users += 1
@@ -226,15 +307,43 @@ def install() -> None:
 
 def uninstall() -> None:
     """Undo ``install`` once its last app is uninstrumented."""
-    global _users
+    global _users, _timed_in_flight
     _users = max(0, _users - 1)
     if _users:
         return
-    while _patches:
-        owner, name, original, own = _patches.pop()
-        if own:
-            setattr(owner, name, original)
-        else:
-            delattr(owner, name)
+    with _lock:
+        _restore(everything=True)
+        _patches.clear()
+        _timed_in_flight = 0
     if _observe in routes.on_route_exit:
         routes.on_route_exit.remove(_observe)
+
+
+def timed_begin() -> None:
+    """A timed request starts: the first of those in flight swaps the module hooks in."""
+    global _timed_in_flight
+    with _lock:
+        _timed_in_flight += 1
+        if _timed_in_flight == 1:
+            for owner, name, original, wrapped, _own in _patches:
+                if not isinstance(owner, type) and getattr(owner, name) is original:
+                    setattr(owner, name, wrapped)  # left alone if something else replaced it since
+
+
+def timed_end() -> None:
+    """A timed request ends: the last of those in flight swaps FastAPI's own functions back."""
+    global _timed_in_flight
+    with _lock:
+        if _timed_in_flight > 0:
+            _timed_in_flight -= 1
+            if _timed_in_flight == 0:
+                _restore(everything=False)
+
+
+def _restore(*, everything: bool) -> None:
+    for owner, name, original, wrapped, own in reversed(_patches):
+        if (everything or not isinstance(owner, type)) and vars(owner).get(name) is wrapped:
+            if own:
+                setattr(owner, name, original)
+            else:
+                delattr(owner, name)

@@ -19,9 +19,8 @@ from starlette import routing as starlette_routing
 from starlette.middleware.base import BaseHTTPMiddleware
 
 from collector import _faults
-from collector._updates import adder
-from collector.context import RequestContext, current
-from collector.metrics import REQUESTS_IN_PROGRESS
+from collector.context import RequestContext, current, in_flight, snapshot
+from collector.metrics import REFRESHERS, REQUESTS_IN_PROGRESS
 
 Handle = Callable[[Any, MutableMapping[str, Any], Any, Any], Awaitable[None]]
 
@@ -33,7 +32,7 @@ except ImportError:
     _iter_route_contexts = None
 
 _originals: dict[tuple[type, str], Handle] = {}
-_in_progress: dict[tuple[str, str], Callable[[float], None]] = {}
+_in_progress: dict[tuple[str, str], Any] = {}  # (method, route) -> gauge child, every pair seen
 
 # Hooks that were enabled by instrument(); read on every request, so kept as module flags.
 capture_span = False
@@ -122,21 +121,15 @@ async def _observed(
     original: Handle, route: Any, ctx: RequestContext, template: str, scope: Any, receive: Any, send: Any
 ) -> None:
     ctx.route = template
-    key = (ctx.method, template)
-    in_progress = _in_progress.get(key)
-    if in_progress is None:
-        in_progress = _in_progress[key] = adder(REQUESTS_IN_PROGRESS.labels(ctx.method, template))
     if capture_span:
         _capture_span(ctx)
         if ctx.span is not None:
             send = _send_ending_span(ctx, send)
-    in_progress(1)
     ctx.route_enter = perf_counter()
     try:
         await original(route, scope, receive, send)
     finally:
         ctx.route_exit = perf_counter()
-        in_progress(-1)
         if not ctx.endpoint_done:
             _endpoint_done(ctx)
 
@@ -166,8 +159,29 @@ def _hook_targets() -> Iterator[tuple[type, Resolve]]:
             yield cls, _resolve_leaf
 
 
+def refresh_in_progress() -> None:
+    """Set ``fastapi_requests_in_progress`` from the requests in flight, when the metrics are read.
+
+    A request counts from the moment its route matched until its response has gone out. Counting
+    at read time rather than per request keeps two gauge updates off every request.
+    """
+    counts: dict[tuple[str, str], int] = {}
+    for ctx in snapshot(in_flight):
+        route = ctx.route
+        if route is not None:
+            key = (ctx.method, route)
+            counts[key] = counts.get(key, 0) + 1
+    for key in counts:
+        if key not in _in_progress:
+            _in_progress[key] = REQUESTS_IN_PROGRESS.labels(*key)
+    for key, child in list(_in_progress.items()):
+        child.set(counts.get(key, 0))
+
+
 def install_hooks() -> None:
     """Hook ``handle`` on the route classes; a second call does nothing."""
+    if refresh_in_progress not in REFRESHERS:
+        REFRESHERS.append(refresh_in_progress)
     for cls, resolve in _hook_targets():
         key = (cls, "handle")
         if key not in _originals:

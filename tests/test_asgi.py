@@ -174,3 +174,27 @@ def test_requests_in_progress_counts_the_slow_one(serve: Any) -> None:
     finally:
         thread.join()
     assert value(server.metrics(), "fastapi_requests_in_progress", route="/async-sleep") == 0
+
+
+def test_requests_in_progress_under_gunicorn_sums_the_workers(serve: Any, multiproc_dir: str) -> None:
+    # Multi-process mode: each worker writes its count on its heartbeat, the scrape sums the live ones.
+    env = {"PROMETHEUS_MULTIPROC_DIR": multiproc_dir, "COLLECTOR_PROCESS_SAMPLE_INTERVAL": "0.1"}
+    server = serve(APP, server="gunicorn", workers=2, env=env)
+    threads = [
+        threading.Thread(target=server.get, args=("/async-sleep",), kwargs={"params": {"seconds": 1.5}})
+        for _ in range(2)
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        deadline = time.monotonic() + 5
+        seen = 0.0
+        while time.monotonic() < deadline and seen < 2:
+            seen = value(server.metrics(), "fastapi_requests_in_progress", route="/async-sleep")
+            time.sleep(0.05)
+        assert seen == 2
+    finally:
+        for thread in threads:
+            thread.join()
+    time.sleep(0.5)
+    assert value(server.metrics(), "fastapi_requests_in_progress", route="/async-sleep") == 0
