@@ -31,8 +31,8 @@ class RequestContext:
     # Event loop stalls seen while in flight: [location, seconds], seconds filled when it ends.
     stalls: list[list[Any]] | None = None
     queries = 0
-    query_fingerprints: dict[str, list[Any]] | None = None
-    query_repeated = False  # some fingerprint reached the N+1 threshold
+    query_fingerprints: dict[str, int] | None = None  # statement fingerprint -> times run
+    query_locations: dict[str, str] | None = None  # fingerprints that reached the N+1 threshold -> code
     slow_queries = 0
     dependency_seconds = 0.0
     validation_request_seconds = 0.0

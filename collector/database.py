@@ -237,19 +237,14 @@ class _EngineHooks:
                 ctx = current.get()
                 if ctx is not None:
                     ctx.queries += 1
-                    fingerprint = entry.fingerprint  # type: ignore[union-attr]
                     seen = ctx.query_fingerprints
                     if seen is None:
-                        ctx.query_fingerprints = {fingerprint: [1, None]}
+                        ctx.query_fingerprints = {entry.fingerprint: 1}  # type: ignore[union-attr]
                     else:
-                        counted = seen.get(fingerprint)
-                        if counted is None:
-                            seen[fingerprint] = [1, None]
-                        else:
-                            counted[0] += 1
-                            if counted[0] == threshold:  # one stack walk per detection: the loop's line
-                                counted[1] = _location()
-                                ctx.query_repeated = True
+                        fingerprint = entry.fingerprint  # type: ignore[union-attr]
+                        count = seen[fingerprint] = seen.get(fingerprint, 0) + 1
+                        if count == threshold:  # one stack walk per detection: the loop's line
+                            _repeated(ctx, fingerprint)
             except Exception as exc:
                 _faults.record("database", exc)
                 entry = None
@@ -365,19 +360,20 @@ def _refresh_pools() -> None:
 # Per request
 
 
+def _repeated(ctx: RequestContext, fingerprint: str) -> None:
+    """A fingerprint reached the N+1 threshold in this request: note where its loop is."""
+    if ctx.query_locations is None:
+        ctx.query_locations = {}
+    ctx.query_locations[fingerprint] = _location()
+
+
 def _on_route_exit(ctx: RequestContext) -> None:
     route = ctx.route_label
     route_observer(_per_request, DB_QUERIES_PER_REQUEST, route)(ctx.queries)
-    seen = ctx.query_fingerprints
-    if seen is None or not ctx.query_repeated:
-        return
-    repeated: list[tuple[str, int, str]] | None = None
-    for statement, (count, location) in seen.items():
-        if location is not None:
-            if repeated is None:
-                repeated = []
-            repeated.append((statement, count, location))
-    if repeated is not None:
+    locations = ctx.query_locations
+    if locations is not None and ctx.query_fingerprints is not None:
+        seen = ctx.query_fingerprints
+        repeated = [(fingerprint, seen[fingerprint], where) for fingerprint, where in locations.items()]
         _report_n_plus_one(ctx, route, repeated)
 
 
