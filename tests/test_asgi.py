@@ -104,6 +104,18 @@ def test_middleware_time_is_recorded_per_route(serve: Any) -> None:
     assert 0 < middleware < total
 
 
+def test_background_tasks_under_base_http_middleware_stay_in_the_endpoint_time(serve: Any) -> None:
+    # BaseHTTPMiddleware holds the last chunk back until the endpoint's background tasks are done.
+    server = serve(APP)
+    assert server.get("/background").json() == {"queued": True}
+    time.sleep(0.5)  # the response may go out before the task has run
+    metrics = server.metrics()
+    total = value(metrics, "fastapi_request_duration_seconds_sum", route="/background")
+    middleware = value(metrics, "fastapi_middleware_duration_seconds_sum", route="/background")
+    assert total >= 0.3 - 0.002
+    assert 0 < middleware < total - 0.25
+
+
 def test_a_middleware_that_raises_is_counted_as_500(serve: Any) -> None:
     server = serve(APP)
     response = server.get("/items/1", headers={"x-explode": "1"})

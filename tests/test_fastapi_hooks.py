@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,6 +27,7 @@ OLDEST = "0.115.0"
 OLD_VENV = Path("/tmp") / f"collector-fastapi-{OLDEST}"
 DEPENDENCY_SECONDS = 0.05  # as tests/apps/pydantic_app.py sleeps in its dependency
 ROWS = 3000  # rows its list routes return
+BACKGROUND_SECONDS = 0.3  # its /background route's task sleeps that long
 
 
 def _build_old_venv() -> Path:
@@ -227,7 +229,8 @@ def test_hooks_are_set_only_while_a_timed_request_is_in_flight() -> None:
     collector.instrument(timed_app)  # a second instrument() of the same app changes nothing
     try:
         assert _hooked() == before  # installed, not yet set: no timed request in flight
-        assert vars(JSONResponse)["render"].__wrapped__ is render  # methods: wrapped from the start
+        wrapped = vars(JSONResponse)["render"]  # methods: wrapped from the start, once
+        assert wrapped.__wrapped__ is not None and not hasattr(wrapped.__wrapped__, "__wrapped__")
         # ModelField is not: its serializers are wrapped on a field instance, only while timed.
         assert not any(hasattr(vars(ModelField)[name], "__wrapped__") for name in ("serialize", "validate"))
         with TestClient(timed_app) as timed, TestClient(untimed_app) as untimed:
@@ -243,8 +246,10 @@ def test_hooks_are_set_only_while_a_timed_request_is_in_flight() -> None:
 
 
 def test_unsupported_fastapi_fails_at_attach_and_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    from collector import fastapi_hooks
+
     before = _hooked()
-    if hasattr(before[0], "__wrapped__"):
+    if fastapi_hooks._patches:
         pytest.skip("another app in this process keeps the hooks installed")
     monkeypatch.setattr(fastapi, "__version__", "0.99.1")
     app = FastAPI()
@@ -280,3 +285,17 @@ def test_hooks_stay_set_until_the_last_overlapping_timed_request_ends() -> None:
         assert _hooked() == before
     finally:
         collector.uninstrument(app)
+
+
+def test_background_tasks_are_not_counted_as_middleware_time(app_server: Server) -> None:
+    before = app_server.metrics()
+    with app_server.client() as client:
+        for _ in range(2):
+            assert client.get("/background").json() == {"queued": True}
+    time.sleep(BACKGROUND_SECONDS + 0.2)  # the response goes out before the task has run
+    grown = _growth(app_server, before)
+    total = grown("fastapi_request_duration_seconds_sum", route="/background")
+    middleware = grown("fastapi_middleware_duration_seconds_sum", route="/background")
+    assert grown("fastapi_middleware_duration_seconds_count", route="/background") == 2
+    assert total >= 2 * (BACKGROUND_SECONDS - 0.002)  # the request lasts until its background task ends
+    assert 0 < middleware < 0.05

@@ -7,7 +7,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request, WebSocket
+from fastapi import APIRouter, BackgroundTasks, FastAPI, Request, WebSocket
 from fastapi.responses import StreamingResponse
 from starlette.middleware.base import BaseHTTPMiddleware
 
@@ -26,6 +26,15 @@ async def get_user(user_id: int) -> dict[str, int]:
 @sub.get("/things/{thing_id}")
 def get_thing(thing_id: int) -> dict[str, int]:
     return {"id": thing_id}
+
+
+BACKGROUND_SECONDS = 0.3
+
+
+@app.get("/background")
+async def with_background_task(tasks: BackgroundTasks) -> dict[str, bool]:
+    tasks.add_task(asyncio.sleep, BACKGROUND_SECONDS)  # runs after the response has gone out
+    return {"queued": True}
 
 
 @app.get("/items/{item_id}")

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, Response
+from fastapi import BackgroundTasks, Depends, FastAPI, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
@@ -28,6 +28,15 @@ class Row(BaseModel):
 async def slow_dependency() -> int:
     await asyncio.sleep(DEPENDENCY_SECONDS)
     return 1
+
+
+BACKGROUND_SECONDS = 0.3
+
+
+@app.get("/background")
+async def with_background_task(tasks: BackgroundTasks) -> dict[str, bool]:
+    tasks.add_task(asyncio.sleep, BACKGROUND_SECONDS)  # runs after the response has gone out
+    return {"queued": True}
 
 
 @app.get("/slow-dependency/{item_id}")
