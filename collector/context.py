@@ -42,6 +42,7 @@ class RequestContext:
     cache_hits = 0
     cache_misses = 0
 
+    # The middleware makes its contexts with object.__new__ and sets these two itself.
     def __init__(self, method: str, start: float) -> None:
         self.method = method
         self.start = start
@@ -53,7 +54,8 @@ class RequestContext:
 
 current: ContextVar[RequestContext | None] = ContextVar("collector_request", default=None)
 
-# Requests being handled in this process, for the event-loop watchdog to attribute stalls.
+# Requests being handled in this process: the event-loop watchdog attributes stalls to them, and
+# fastapi_requests_in_progress is counted from them when the metrics are read.
 in_flight: set[RequestContext] = set()
 
 
