@@ -23,6 +23,15 @@ class RequestContext:
     route_exit = 0.0
     endpoint_done = False
     status = 0
+    # When the last body chunk was handed to the server: what the client waited ends here.
+    end = 0.0
+    # The client went away (aborted upload, closed connection) before the response was complete.
+    disconnected = False
+    # The app call raised; a background task raised (after a complete response).
+    raised = False
+    background_failed = False
+    # The static-file mount label, for a StaticFiles mount or a FastAPI frontend.
+    static_mount: str | None = None
     span: Any = None
     trace_id: str | None = None
     # FastAPI's internals (dependencies, validation, serialization, size) are timed for this request.

@@ -13,6 +13,7 @@ from typing import Any
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 
 from collector import _faults, _multiprocess
+from collector.settings import DEFAULT_LATENCY_BUCKETS, latency_buckets_from_environment
 
 _multiprocess.ensure_usable_value_store()
 
@@ -44,7 +45,9 @@ class _Refresh:
 
 REGISTRY.register(_Refresh())  # type: ignore[arg-type]
 
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0)
+# The request-latency buckets in effect (COLLECTOR_LATENCY_BUCKETS, read here since metrics are
+# declared at import): an SLO threshold is exact only at one of them.
+LATENCY_BUCKETS = latency_buckets_from_environment()
 FAST_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 SIZE_BUCKETS = (100.0, 1_000.0, 10_000.0, 100_000.0, 1_000_000.0, 10_000_000.0)
@@ -62,6 +65,22 @@ REQUESTS_IN_PROGRESS = Gauge(
     "Requests being handled now.",
     ["method", "route"],
     multiprocess_mode="livesum",
+)
+REQUESTS_EXCLUDED = Counter(
+    "fastapi_requests_excluded_total",
+    "Requests to a path left out of the request metrics (COLLECTOR_EXCLUDE_PATHS), such as probes.",
+    ["path"],
+)
+RESPONSES_INCOMPLETE = Counter(
+    "fastapi_responses_incomplete_total",
+    "Responses that did not reach their end: the app failed after starting it, or the client went away.",
+    ["route", "reason"],
+)
+BACKGROUND_TASK_DURATION = Histogram(
+    "fastapi_background_task_duration_seconds",
+    "Time running one background task, after the response it belongs to has gone out.",
+    ["route"],
+    buckets=DEFAULT_LATENCY_BUCKETS,
 )
 ROUTE_HANDLERS = Gauge(
     "fastapi_route_handlers",
@@ -185,7 +204,7 @@ DB_QUERY_DURATION = Histogram(
     "fastapi_db_query_duration_seconds",
     "Time executing one database statement.",
     ["operation"],
-    buckets=LATENCY_BUCKETS,
+    buckets=DEFAULT_LATENCY_BUCKETS,
 )
 DB_N_PLUS_ONE = Counter(
     "fastapi_db_n_plus_one_total",

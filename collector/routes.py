@@ -1,10 +1,16 @@
 """Route templates and the route inventory, read from Starlette's and FastAPI's routing.
 
 The route a request matched is found by hooking ``handle`` on Starlette's route
-classes (and FastAPI's, which override it): the router calls ``handle`` only after
-matching, on every Starlette/FastAPI version, whatever the nesting of mounts and
-included routers. The hook reads the template there, marks when the endpoint
-side of the request starts and ends, and does nothing outside an observed request.
+classes (and FastAPI's, which override it, and its frontend routes): the router calls
+``handle`` only after matching, on every Starlette/FastAPI version, whatever the nesting
+of mounts and included routers. The hook reads the template there, marks when the
+endpoint side of the request starts and ends, and does nothing outside an observed request.
+
+Background tasks run after the response's last chunk, inside the app call: each one is
+timed on its own by a hook on ``BackgroundTask.__call__``, so requests without them pay nothing.
+
+Every hook is set through the patch ledger under the component ``routes``:
+``_patches.undo("routes")`` (or ``remove_hooks()``) restores the classes exactly.
 """
 
 from __future__ import annotations
@@ -16,11 +22,14 @@ from time import perf_counter
 from typing import Any
 
 from starlette import routing as starlette_routing
+from starlette.background import BackgroundTask
 from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.staticfiles import StaticFiles
 
-from collector import _faults
+from collector import _faults, _patches
+from collector._updates import route_observer
 from collector.context import RequestContext, current, in_flight, snapshot
-from collector.metrics import REFRESHERS, REQUESTS_IN_PROGRESS
+from collector.metrics import BACKGROUND_TASK_DURATION, REFRESHERS, REQUESTS_IN_PROGRESS
 
 Handle = Callable[[Any, MutableMapping[str, Any], Any, Any], Awaitable[None]]
 
@@ -31,8 +40,11 @@ try:
 except ImportError:
     _iter_route_contexts = None
 
-_originals: dict[tuple[type, str], Handle] = {}
+COMPONENT = "routes"
+_MOUNT_SUFFIX = "/{path}"
+
 _in_progress: dict[tuple[str, str], Any] = {}  # (method, route) -> gauge child, every pair seen
+_background: dict[str, Callable[[float], None]] = {}
 
 # Hooks that were enabled by instrument(); read on every request, so kept as module flags.
 capture_span = False
@@ -42,7 +54,24 @@ on_route_exit: list[Callable[[RequestContext], None]] = []
 
 
 def _mount_prefix(mount: starlette_routing.Mount) -> str:
-    return mount.path_format.removesuffix("/{path}")
+    return mount.path_format.removesuffix(_MOUNT_SUFFIX)
+
+
+def register(component: str, hooks: list[Any], hook: Any, *, first: bool = False) -> None:
+    """Add ``hook`` to a callback list (``on_route_exit``, ``metrics.REFRESHERS``) once, in the ledger."""
+    if hook in hooks:
+        return
+    if first:
+        hooks.insert(0, hook)
+    else:
+        hooks.append(hook)
+
+    def unregister() -> None:
+        if hook in hooks:
+            hooks.remove(hook)
+
+    name = getattr(hook, "__qualname__", repr(hook))
+    _patches.record(component, f"callback {name}", unregister)
 
 
 def template_of(route: Any, scope: MutableMapping[str, Any]) -> str:
@@ -143,7 +172,23 @@ def _resolve_mount(mount: Any, scope: MutableMapping[str, Any], ctx: RequestCont
     if getattr(mount, "routes", None):  # a sub-app: its own routes name the template
         ctx.mount_prefix = prefix
         return None
-    return prefix + "/{path}"  # a mounted ASGI app or StaticFiles: the mount is the route
+    if isinstance(mount.app, StaticFiles):
+        ctx.static_mount = prefix
+    return prefix + _MOUNT_SUFFIX  # a mounted ASGI app or StaticFiles: the mount is the route
+
+
+def _resolve_frontend(group: Any, scope: MutableMapping[str, Any], ctx: RequestContext) -> str | None:
+    """``app.frontend(path)``: route ``<path>/{path}``, as FastAPI names it; the files' mount ``<path>``."""
+    prefix = ""
+    effective = scope.get("fastapi", {}).get("effective_route_context")
+    if effective is not None and getattr(effective, "original_route", None) is group:
+        prefix = effective.frontend_prefix  # the group belongs to an included router
+    _, _, route = group._match(scope, prefix=prefix)
+    if route is None:
+        return None
+    path = ctx.mount_prefix + (prefix + route.path if route.path != "/" else prefix or "/").rstrip("/")
+    ctx.static_mount = path or "/"
+    return path + _MOUNT_SUFFIX
 
 
 def _hook_targets() -> Iterator[tuple[type, Resolve]]:
@@ -157,18 +202,43 @@ def _hook_targets() -> Iterator[tuple[type, Resolve]]:
     for cls in (fastapi_routing.APIRoute, fastapi_routing.APIWebSocketRoute):
         if "handle" in cls.__dict__:
             yield cls, _resolve_leaf
+    frontend = getattr(fastapi_routing, "_FrontendRouteGroup", None)  # FastAPI >= 0.16x: app.frontend()
+    if frontend is not None and "handle" in frontend.__dict__:
+        yield frontend, _resolve_frontend
+
+
+def _background_call(original: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
+    @functools.wraps(original)
+    async def __call__(self: Any) -> None:
+        ctx = current.get()
+        if ctx is None:
+            await original(self)
+            return
+        start = perf_counter()
+        try:
+            await original(self)
+        except BaseException:
+            ctx.background_failed = True  # the response before it was complete: not an incomplete one
+            raise
+        finally:
+            try:
+                route_observer(_background, BACKGROUND_TASK_DURATION, ctx.route_label)(perf_counter() - start)
+            except Exception as exc:
+                _faults.record("background", exc)
+
+    return __call__
 
 
 def refresh_in_progress() -> None:
     """Set ``fastapi_requests_in_progress`` from the requests in flight, when the metrics are read.
 
-    A request counts from the moment its route matched until its response has gone out. Counting
+    A request counts from the moment its route matched until its last body chunk has gone out. Counting
     at read time rather than per request keeps two gauge updates off every request.
     """
     counts: dict[tuple[str, str], int] = {}
     for ctx in snapshot(in_flight):
         route = ctx.route
-        if route is not None:
+        if route is not None and not ctx.end:  # background tasks after the last chunk do not count
             key = (ctx.method, route)
             counts[key] = counts.get(key, 0) + 1
     for key in counts:
@@ -179,21 +249,20 @@ def refresh_in_progress() -> None:
 
 
 def install_hooks() -> None:
-    """Hook ``handle`` on the route classes; a second call does nothing."""
-    if refresh_in_progress not in REFRESHERS:
-        REFRESHERS.append(refresh_in_progress)
+    """Hook ``handle`` on the route classes and time background tasks; a second call does nothing."""
+    if _patches.active(COMPONENT):
+        return
+    register(COMPONENT, REFRESHERS, refresh_in_progress)
     for cls, resolve in _hook_targets():
-        key = (cls, "handle")
-        if key not in _originals:
-            original = cls.__dict__["handle"]
-            _originals[key] = original
-            setattr(cls, "handle", _hook(original, resolve))  # noqa: B010
+        _patches.replace(COMPONENT, cls, "handle", _hook(cls.__dict__["handle"], resolve))
+    _patches.replace(
+        COMPONENT, BackgroundTask, "__call__", _background_call(vars(BackgroundTask)["__call__"])
+    )
 
 
 def remove_hooks() -> None:
-    for (cls, name), original in _originals.items():
-        setattr(cls, name, original)
-    _originals.clear()
+    """Undo ``install_hooks``: every class holds its own method again."""
+    _patches.undo(COMPONENT)
 
 
 def handler_kind(endpoint: Any) -> str:

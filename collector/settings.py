@@ -2,11 +2,44 @@
 
 from __future__ import annotations
 
+import itertools
+import math
 import os
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+LATENCY_BUCKETS_VARIABLE = "COLLECTOR_LATENCY_BUCKETS"
+
+
+def parse_buckets(text: str) -> tuple[float, ...]:
+    """Histogram bucket bounds from comma-separated seconds: positive, finite, strictly increasing."""
+    try:
+        bounds = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise ValueError("must be comma-separated numbers of seconds, e.g. 0.05,0.1,0.25,0.5,1") from None
+    if not all(math.isfinite(b) and b > 0 for b in bounds):
+        raise ValueError("every bucket must be a positive, finite number of seconds")
+    if any(a >= b for a, b in itertools.pairwise(bounds)):
+        raise ValueError("buckets must be in increasing order, without repeats")
+    return bounds
+
+
+def latency_buckets_from_environment() -> tuple[float, ...]:
+    """The request-latency buckets: ``COLLECTOR_LATENCY_BUCKETS``, or the defaults; a bad value stops."""
+    text = os.environ.get(LATENCY_BUCKETS_VARIABLE, "").strip()
+    if not text:
+        return DEFAULT_LATENCY_BUCKETS
+    try:
+        return parse_buckets(text)
+    except ValueError as exc:
+        raise SystemExit(
+            f"collector: invalid settings:\n  latency_buckets ({LATENCY_BUCKETS_VARIABLE}) = {text!r}: {exc}"
+        ) from None
 
 
 class ConfigError(ValueError):
@@ -52,6 +85,31 @@ class Settings(BaseSettings):
     profile_path: str = "/_collector/profiles"
     profile_token: str | None = None
 
+    # Exact paths (after root_path) left out of the request metrics, e.g. probes: /healthz,/readyz.
+    exclude_paths: Annotated[tuple[str, ...], NoDecode] = ()
+    # Read from the environment when collector.metrics is imported; here so that it is a known setting.
+    latency_buckets: Annotated[tuple[float, ...], NoDecode] = DEFAULT_LATENCY_BUCKETS
+
+    @field_validator("exclude_paths", mode="before")
+    @classmethod
+    def _split_paths(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("exclude_paths")
+    @classmethod
+    def _check_paths(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for path in value:
+            if not path.startswith("/"):
+                raise ValueError(f"every path must start with '/' ({path!r} does not)")
+        return value
+
+    @field_validator("latency_buckets", mode="before")
+    @classmethod
+    def _parse_buckets(cls, value: Any) -> Any:
+        return parse_buckets(value) if isinstance(value, str) else value
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         for name in ("metrics_path", "profile_path"):
@@ -66,6 +124,10 @@ class Settings(BaseSettings):
 
 def load(**overrides: Any) -> Settings:
     """Settings from keyword arguments over ``COLLECTOR_*`` variables, or a ``ConfigError``."""
+    if "latency_buckets" in overrides:  # the histogram exists before instrument() is called
+        raise ConfigError(
+            f"collector: latency_buckets is read when collector is imported; set {LATENCY_BUCKETS_VARIABLE}"
+        )
     try:
         return Settings(**overrides)
     except ValidationError as exc:

@@ -8,8 +8,11 @@ counts 0, and a ``pathsend`` counts the file's length. A 304 from ``StaticFiles`
 serves no file and is not counted.
 
 The ``mount`` label is the mount path for a ``StaticFiles`` mount (``/static``, with the
-prefixes of enclosing mounts), and the route template for an endpoint's ``FileResponse``
+prefixes of enclosing mounts) or a FastAPI frontend (``/`` for ``app.frontend("/")``), as
+``collector.routes`` found it, and the route template for an endpoint's ``FileResponse``
 (``/reports/{name}``): both are bounded by the app's routes.
+
+Both hooks go through the patch ledger under the component ``static``.
 """
 
 from __future__ import annotations
@@ -19,30 +22,26 @@ from collections.abc import Callable
 from typing import Any
 
 from starlette.responses import FileResponse
-from starlette.staticfiles import NotModifiedResponse, StaticFiles
+from starlette.staticfiles import NotModifiedResponse
 
-from collector import _faults
+from collector import _faults, _patches
 from collector.context import RequestContext, current
 from collector.metrics import STATIC_BYTES, STATIC_RESPONSES
 
-_MOUNT_SUFFIX = "/{path}"  # collector.routes names a leaf mount "<prefix>/{path}"
+COMPONENT = "static"
 
 _children: dict[str, tuple[Any, Any]] = {}
-_original_file_call: Callable[..., Any] | None = None
-_original_not_modified_call: Callable[..., Any] | None = None  # only if the class has its own
 _users = 0
 
 
-def mount_label(ctx: RequestContext, scope: Any) -> str:
-    route = ctx.route_label
-    if isinstance(scope.get("endpoint"), StaticFiles):
-        return route.removesuffix(_MOUNT_SUFFIX)
-    return route
+def mount_label(ctx: RequestContext) -> str:
+    mount = ctx.static_mount
+    return mount if mount is not None else ctx.route_label
 
 
-def _count(ctx: RequestContext, scope: Any, sent: int) -> None:
+def _count(ctx: RequestContext, sent: int) -> None:
     try:
-        label = mount_label(ctx, scope)
+        label = mount_label(ctx)
         children = _children.get(label)
         if children is None:
             children = _children[label] = (STATIC_RESPONSES.labels(label), STATIC_BYTES.labels(label))
@@ -77,7 +76,7 @@ def _file_response_call(original: Callable[..., Any]) -> Callable[..., Any]:
         try:
             await original(self, scope, receive, counting_send)
         finally:
-            _count(ctx, scope, sent)
+            _count(ctx, sent)
 
     return __call__
 
@@ -95,7 +94,7 @@ def _not_modified_call(original: Callable[..., Any]) -> Callable[..., Any]:
         await original(self, scope, receive, send)
         ctx = current.get()
         if ctx is not None and scope["type"] == "http":
-            _count(ctx, scope, 0)
+            _count(ctx, 0)
 
     return __call__
 
@@ -106,26 +105,19 @@ async def _call_next_in_mro(self: Any, scope: Any, receive: Any, send: Any) -> N
 
 def install() -> None:
     """Count file responses for one more instrumented app."""
-    global _users, _original_file_call, _original_not_modified_call
+    global _users
     _users += 1
-    if _original_file_call is None:
-        _original_file_call = vars(FileResponse)["__call__"]
-        _original_not_modified_call = vars(NotModifiedResponse).get("__call__")
-        FileResponse.__call__ = _file_response_call(_original_file_call)  # type: ignore[method-assign]
-        # Inherited __call__ is looked up at call time, so a hook on Response stays in the chain.
-        inherited = _original_not_modified_call or _call_next_in_mro
-        NotModifiedResponse.__call__ = _not_modified_call(inherited)  # type: ignore[method-assign]
+    if _patches.active(COMPONENT):
+        return
+    _patches.replace(COMPONENT, FileResponse, "__call__", _file_response_call(vars(FileResponse)["__call__"]))
+    # Inherited __call__ is looked up at call time, so a hook on Response stays in the chain.
+    inherited = vars(NotModifiedResponse).get("__call__", _call_next_in_mro)
+    _patches.replace(COMPONENT, NotModifiedResponse, "__call__", _not_modified_call(inherited))
 
 
 def uninstall() -> None:
     """Undo ``install`` once its last app is uninstrumented."""
-    global _users, _original_file_call, _original_not_modified_call
+    global _users
     _users = max(0, _users - 1)
-    if _users or _original_file_call is None:
-        return
-    FileResponse.__call__ = _original_file_call  # type: ignore[method-assign]
-    if _original_not_modified_call is not None:
-        NotModifiedResponse.__call__ = _original_not_modified_call  # type: ignore[method-assign]
-    else:
-        del NotModifiedResponse.__call__
-    _original_file_call = _original_not_modified_call = None
+    if not _users:
+        _patches.undo(COMPONENT)

@@ -80,3 +80,37 @@ def test_hooks_are_installed_once_and_removed_by_uninstrument() -> None:
     if not hooked_before:  # another app of this process may keep the hooks on
         assert FileResponse.__call__ is file_call
         assert "__call__" not in vars(NotModifiedResponse)
+
+
+def test_frontend_files_are_counted_under_the_frontend_path(serve: Any, tmp_path: Path) -> None:
+    from tests.test_routes import ADMIN, PAGES, write_frontends
+
+    server = serve("tests.apps.frontend_app:app", env={"FRONTEND_DIR": str(write_frontends(tmp_path))})
+    with server.client() as client:
+        assert client.get("/assets/app.js").status_code == 200
+        assert client.get("/", headers={"accept": "text/html"}).status_code == 200
+        assert client.get("/admin/admin.js").status_code == 200
+        assert client.get("/api/items/1").status_code == 200
+    metrics = server.metrics()
+    assert value(metrics, RESPONSES, mount="/") == 2
+    assert value(metrics, BYTES, mount="/") == len(PAGES["assets/app.js"]) + len(PAGES["index.html"])
+    assert value(metrics, RESPONSES, mount="/admin") == 1
+    assert value(metrics, BYTES, mount="/admin") == len(ADMIN["admin.js"])
+    assert value(metrics, RESPONSES) == 3
+
+
+def test_static_hooks_are_undone_exactly_by_the_ledger() -> None:
+    from collector import _patches, static
+
+    _patches.undo(static.COMPONENT)  # start from the classes' own methods, whatever ran before
+    file_call = vars(FileResponse)["__call__"]
+    had_own = "__call__" in vars(NotModifiedResponse)
+    static.install()
+    try:
+        assert vars(FileResponse)["__call__"] is not file_call
+        assert "__call__" in vars(NotModifiedResponse)
+    finally:
+        _patches.undo(static.COMPONENT)
+    assert vars(FileResponse)["__call__"] is file_call
+    assert ("__call__" in vars(NotModifiedResponse)) is had_own
+    static.install()  # leave them as the apps of this process expect

@@ -9,7 +9,9 @@ from typing import Any
 
 from fastapi import APIRouter, BackgroundTasks, FastAPI, Request, WebSocket
 from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
 from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.routing import Mount
 
 import collector
 
@@ -34,6 +36,16 @@ BACKGROUND_SECONDS = 0.3
 @app.get("/background")
 async def with_background_task(tasks: BackgroundTasks) -> dict[str, bool]:
     tasks.add_task(asyncio.sleep, BACKGROUND_SECONDS)  # runs after the response has gone out
+    return {"queued": True}
+
+
+def failing_task() -> None:
+    raise RuntimeError("the background task failed")
+
+
+@app.get("/background-fail")
+async def with_failing_background_task(tasks: BackgroundTasks) -> dict[str, bool]:
+    tasks.add_task(failing_task)
     return {"queued": True}
 
 
@@ -70,6 +82,38 @@ async def stream(chunks: int = 5) -> StreamingResponse:
     return StreamingResponse(body(), media_type="text/plain")
 
 
+@app.get("/stream-fail")
+async def stream_fail() -> StreamingResponse:
+    async def body() -> AsyncIterator[bytes]:
+        yield b"first chunk\n"
+        raise RuntimeError("the stream failed after its start")
+
+    return StreamingResponse(body(), media_type="text/plain")
+
+
+@app.post("/upload")
+async def upload(request: Request) -> dict[str, int]:
+    return {"received": len(await request.body())}
+
+
+class Item(BaseModel):
+    name: str
+
+
+@app.post("/items")
+async def create_item(item: Item) -> dict[str, str]:
+    return {"name": item.name}
+
+
+@app.get("/healthz")
+async def healthz() -> dict[str, bool]:
+    return {"ok": True}
+
+
+async def silent(scope: Any, receive: Any, send: Any) -> None:
+    """An ASGI app that returns without sending a response."""
+
+
 @app.get("/raise")
 async def raise_error() -> None:
     raise RuntimeError("the handler failed")
@@ -103,6 +147,7 @@ async def timing_header(request: Request, call_next: Any) -> Any:
 
 app.include_router(router)
 app.mount("/sub", sub)
+app.router.routes.append(Mount("/silent", app=silent))
 app.add_middleware(ExplodingMiddleware)
 app.add_middleware(BaseHTTPMiddleware, dispatch=timing_header)
 collector.instrument(app)
