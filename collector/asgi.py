@@ -92,9 +92,7 @@ class CollectorMiddleware:
         root_path = scope.get("root_path")
         if root_path:
             path = route_path(path, root_path)
-        if path in self._special or (
-            self._own_prefix and (path.startswith(self._own_prefix) or path == self._own_base)
-        ):
+        if path in self._special or (self._own_prefix and self._under_own_prefix(path)):
             await self._serve_special(path, scope, receive, send)
             return
 
@@ -154,9 +152,13 @@ class CollectorMiddleware:
             except Exception as exc:
                 _faults.record("asgi", exc)
 
+    def _under_own_prefix(self, path: str) -> bool:
+        return path.startswith(self._own_prefix) or path == self._own_base
+
     async def _serve_special(self, path: str, scope: Scope, receive: Receive, send: Send) -> None:
         count = self._excluded.get(path)
-        if count is not None:
+        own = path in self._own_paths or (self._own_prefix and self._under_own_prefix(path))
+        if count is not None and not own:  # excluding /metrics from the metrics must not hide it
             try:
                 count(1)
             except Exception as exc:
@@ -184,8 +186,9 @@ class CollectorMiddleware:
         status = ctx.status
         if not status:  # the app sent nothing: the server answers 500
             status = 500
-        elif not ctx.end or (ctx.raised and not ctx.background_failed):
-            # Started, then gave up or failed: BaseHTTPMiddleware ends a failed body as if complete.
+        elif not ctx.end or (ctx.raised and status < 500 and not ctx.background_failed):
+            # Started, then gave up or failed (BaseHTTPMiddleware ends a failed body as if complete).
+            # A 500 sent for the failure by the error handler is complete and speaks for itself.
             self._count_incomplete(route, "app_error")
         if self._exemplars and ctx.trace_id is not None:
             child = REQUEST_DURATION.labels(ctx.method, route, str(status))

@@ -170,12 +170,15 @@ def test_a_middleware_that_raises_is_counted_as_500(serve: Any) -> None:
     assert value(metrics, DURATION, status="500") == 1
     assert value(metrics, DURATION, route="/items/{item_id}", status="200") == 1
     assert value(metrics, "fastapi_requests_in_progress") == 0
+    assert value(metrics, INCOMPLETE) == 0
 
 
 def test_a_handler_that_raises_is_counted_on_its_route(serve: Any) -> None:
     server = serve(APP)
     assert server.get("/raise").status_code == 500
-    assert value(server.metrics(), DURATION, route="/raise", status="500") == 1
+    metrics = server.metrics()
+    assert value(metrics, DURATION, route="/raise", status="500") == 1
+    assert value(metrics, INCOMPLETE) == 0  # the 500 page went out whole
 
 
 def test_streaming_response_is_timed_to_its_last_chunk(serve: Any) -> None:
@@ -294,7 +297,8 @@ def test_metrics_of_an_instrumented_sub_app_answer_at_its_mount(serve: Any) -> N
 
 
 def test_excluded_paths_are_counted_apart_from_request_metrics(serve: Any) -> None:
-    env = {"COLLECTOR_EXCLUDE_PATHS": "/healthz,/readyz", "UVICORN_ROOT_PATH": "/api"}
+    # Excluding /metrics too, as users of other exporters do, must not hide the metrics.
+    env = {"COLLECTOR_EXCLUDE_PATHS": "/healthz,/readyz,/metrics", "UVICORN_ROOT_PATH": "/api"}
     server = serve(APP, env=env)
     with server.client() as client:
         for _ in range(5):
@@ -303,6 +307,7 @@ def test_excluded_paths_are_counted_apart_from_request_metrics(serve: Any) -> No
     metrics = server.metrics()
     assert value(metrics, "fastapi_requests_excluded_total", path="/healthz") == 5
     assert ("fastapi_requests_excluded_total", frozenset({("path", "/readyz")})) in metrics
+    assert value(metrics, "fastapi_requests_excluded_total", path="/metrics") == 0
     assert value(metrics, DURATION, route="/healthz") == 0
     assert value(metrics, "fastapi_middleware_duration_seconds_count", route="/healthz") == 0
     assert value(metrics, DURATION) == 1
