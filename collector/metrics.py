@@ -14,6 +14,7 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 
 from collector import _faults, _multiprocess
 
+# Before the first metric: values go to the workers' shared files only if the directory is usable.
 _multiprocess.ensure_usable_value_store()
 
 # Functions that bring gauges up to date just before they are read, instead of on every
@@ -230,4 +231,4 @@ COLLECTOR_ERRORS = Counter(
     ["component"],
 )
 
-_faults.flush_pending()
+_faults.count_into(COLLECTOR_ERRORS)
