@@ -22,12 +22,8 @@ if _directory is not None:
 
 worker_class = "uvicorn.workers.UvicornWorker"
 # Tip 4: one worker per core unless told otherwise (-w or WEB_CONCURRENCY).
-try:
-    workers = int(os.environ.get("WEB_CONCURRENCY") or _multiprocess.cpu_cores())
-except ValueError:
-    raise SystemExit(
-        f"collector: WEB_CONCURRENCY={os.environ['WEB_CONCURRENCY']!r} is not a number of workers"
-    ) from None
+# (gunicorn itself reads WEB_CONCURRENCY, and rejects a bad one, before this config.)
+workers = int(os.environ.get("WEB_CONCURRENCY") or _multiprocess.cpu_cores())
 
 
 def on_starting(server: Any) -> None:

@@ -116,6 +116,14 @@ def _warn_unknown_variables() -> None:
     logger.warning("collector: not a setting, ignored: %s", ", ".join(described))
 
 
+def _environment_is_valid() -> bool:
+    try:
+        Settings()
+    except ValidationError:
+        return False
+    return True
+
+
 def load(**overrides: Any) -> Settings:
     """Settings from keyword arguments over ``COLLECTOR_*`` variables.
 
@@ -128,12 +136,10 @@ def load(**overrides: Any) -> Settings:
     except ValidationError as exc:
         problems = []
         from_keywords = False
-        any_variable = any(name.upper().startswith(_PREFIX) for name in os.environ)
         for error in exc.errors():
             field = ".".join(str(part) for part in error["loc"])
-            # A cross-field error (no field) is the environment's when any variable is set.
-            in_env = field not in overrides if field else any_variable
-            from_keywords = from_keywords or not in_env
+            # A cross-field error (no field) is the keywords' when the variables alone are fine.
+            from_keywords = from_keywords or (field in overrides if field else _environment_is_valid())
             where = f"{field} ({_PREFIX}{field.upper()})" if field else "settings"
             if not field or "input" not in error:
                 value = ""
