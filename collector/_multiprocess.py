@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from collector import _faults
+from collector import _faults, _patches
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 LOCK = ".collector.lock"
@@ -116,8 +116,9 @@ def ensure_usable_value_store() -> None:
         reason = exc.strerror or str(exc)
     from prometheus_client import values
 
-    # Internal to prometheus_client: metrics read values.ValueClass when they create a value.
-    values.ValueClass = values.MutexValue
+    # Internal to prometheus_client: metrics read values.ValueClass when they create a value. Made at
+    # import for the whole process: undoing it would send later values to the unusable directory.
+    _patches.replace("multiprocess", values, "ValueClass", values.MutexValue)
     _faults.record(
         "multiprocess",
         OSError(
