@@ -106,8 +106,9 @@ def test_an_earlier_runs_metric_files_are_removed_and_nothing_else_is_needed(tmp
             "collector: invalid settings: metrics_port (COLLECTOR_METRICS_PORT)",
         ),
         ({"PROMETHEUS_MULTIPROC_DIR": "/proc/collector-metrics"}, "collector: PROMETHEUS_MULTIPROC_DIR="),
+        ({"COLLECTOR_METRICS_PORT": "9"}, "collector: COLLECTOR_METRICS_PORT with several workers needs"),
     ],
-    ids=["bad port", "uncreatable directory"],
+    ids=["bad port", "uncreatable directory", "port without a shared directory"],
 )
 def test_a_bad_setting_stops_the_master_with_one_line(env: dict[str, str], start: str) -> None:
     _one_line(_gunicorn(env), start)
