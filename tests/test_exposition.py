@@ -138,7 +138,7 @@ def test_a_metric_source_that_raises_is_left_out_and_counted(registered: Callabl
 
 
 def test_concurrent_scrapes_share_one_rendering_off_the_event_loop(registered: Callable[[Any], None]) -> None:
-    slow = _Slow(0.3)
+    slow = _Slow(1.0)  # long enough that all eight scrapes arrive while it renders, even on a busy machine
     registered(slow)
     app = _items_app(metrics_cache_ttl=0)
 
