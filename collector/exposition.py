@@ -46,8 +46,13 @@ def _sources() -> list[list[Any]]:
     path = _multiprocess.directory()
     if path is not None and _multiprocess.enabled():
         return [[metric] for metric in _multiprocess.collect(path)]
-    with REGISTRY._lock:  # private to prometheus_client: its collectors, copied as its own collect() does
-        collectors = list(REGISTRY._collector_to_names)
+    # Private to prometheus_client: its collectors, copied under its lock as its own collect() does.
+    registered = getattr(REGISTRY, "_collector_to_names", None)
+    if registered is None:  # a prometheus_client without it: the whole registry as one source
+        collectors: list[Any] = [REGISTRY]
+    else:
+        with REGISTRY._lock:
+            collectors = list(registered)
     groups = []
     for collector in collectors:
         try:
