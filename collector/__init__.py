@@ -6,22 +6,49 @@ collector.instrument(app)
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from collector import fastapi_hooks, resources, routes, static, threadpool, tracing
-from collector.asgi import CollectorMiddleware
-from collector.cache import (
-    CacheHeaderMiddleware,
-    instrument_cashews,
-    instrument_redis,
-    record_cache,
-    track_cache,
-    uninstrument_cashews,
-    uninstrument_redis,
-)
-from collector.database import instrument_engine, uninstrument_engine
-from collector.runtime import Runtime, start_metrics_port
-from collector.settings import ConfigError, Settings, load
+if TYPE_CHECKING:
+    from collector.cache import (
+        CacheHeaderMiddleware,
+        instrument_cashews,
+        instrument_redis,
+        record_cache,
+        track_cache,
+        uninstrument_cashews,
+        uninstrument_redis,
+    )
+    from collector.database import instrument_engine, uninstrument_engine
+    from collector.runtime import Runtime
+    from collector.settings import ConfigError, Settings
+
+# The public names load on first use: ``python:collector.gunicorn_conf`` imports this package in
+# the gunicorn master, which must not load the library (nor create a metric) before it prepares
+# the multiprocess directory.
+_LAZY = {
+    "CacheHeaderMiddleware": "collector.cache",
+    "ConfigError": "collector.settings",
+    "Settings": "collector.settings",
+    "instrument_cashews": "collector.cache",
+    "instrument_engine": "collector.database",
+    "instrument_redis": "collector.cache",
+    "record_cache": "collector.cache",
+    "track_cache": "collector.cache",
+    "uninstrument_cashews": "collector.cache",
+    "uninstrument_engine": "collector.database",
+    "uninstrument_redis": "collector.cache",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'collector' has no attribute {name!r}")
+    found = getattr(importlib.import_module(module), name)
+    globals()[name] = found
+    return found
+
 
 __all__ = [
     # Data-path instrumentors are re-exported here too, one line each (kept sorted for ruff).
@@ -49,15 +76,15 @@ def instrument(app: Any, **settings: Any) -> Runtime | None:
     Settings are keyword arguments or ``COLLECTOR_*`` environment variables. A bad keyword
     raises ``ConfigError``; a bad variable stops the process with the reason, at start-up.
     """
+    from collector import fastapi_hooks, resources, routes, static, threadpool, tracing
+    from collector.asgi import CollectorMiddleware
+    from collector.runtime import Runtime, start_metrics_port
+    from collector.settings import load
+
     existing: Runtime | None = getattr(app, _ATTR, None)
     if existing is not None:
         return existing
-    try:
-        config: Settings = load(**settings)
-    except ConfigError as exc:
-        if exc.from_environment:  # an operator's mistake: the reason, not a traceback into their app
-            raise SystemExit(str(exc)) from None
-        raise
+    config = load(**settings)
     if not config.enabled:
         return None
     fastapi_hooks.install()  # first: an unsupported FastAPI fails here, before anything is attached
@@ -91,6 +118,8 @@ def instrument(app: Any, **settings: Any) -> Runtime | None:
 
 def uninstrument(app: Any) -> None:
     """Detach from ``app``: its next stack build no longer has the collector."""
+    from collector import fastapi_hooks, resources, static
+
     runtime: Runtime | None = getattr(app, _ATTR, None)
     if runtime is None:
         return

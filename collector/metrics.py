@@ -15,6 +15,7 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from collector import _faults, _multiprocess
 from collector.settings import DEFAULT_LATENCY_BUCKETS, latency_buckets_from_environment
 
+# Before the first metric: values go to the workers' shared files only if the directory is usable.
 _multiprocess.ensure_usable_value_store()
 
 # Functions that bring gauges up to date just before they are read, instead of on every
@@ -249,4 +250,4 @@ COLLECTOR_ERRORS = Counter(
     ["component"],
 )
 
-_faults.flush_pending()
+_faults.count_into(COLLECTOR_ERRORS)

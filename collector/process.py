@@ -5,14 +5,8 @@ from __future__ import annotations
 import os
 import time
 
+from collector._multiprocess import cpu_cores
 from collector.metrics import CPU_CORES, WORKER_CPU, WORKERS
-
-
-def cpu_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 class ProcessSampler:

@@ -18,6 +18,7 @@ logger = logging.getLogger("collector")
 # One heartbeat per event loop, however many apps are instrumented in the process.
 _monitors: dict[asyncio.AbstractEventLoop, LoopMonitor] = {}
 _process: ProcessSampler | None = None
+_served_ports: set[int] = set()
 
 
 class Runtime:
@@ -108,7 +109,7 @@ class Runtime:
 
     async def serve_own(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["path"] in self.own_paths:
-            await exposition.serve(scope, receive, send)
+            await exposition.serve(self.settings, scope, receive, send)
         else:
             from collector import profiling
 
@@ -116,8 +117,8 @@ class Runtime:
 
 
 def start_metrics_port(settings: Settings) -> None:
-    if settings.metrics_port and not _multiprocess.enabled():
-        try:
-            exposition.start_server(settings.metrics_port, settings.metrics_addr)
-        except OSError as exc:
-            _faults.record("exposition", exc)
+    """Serve metrics on their own port, once per process; under gunicorn the master does it."""
+    port = settings.metrics_port
+    if port and not _multiprocess.enabled() and port not in _served_ports:
+        exposition.start_server(settings)
+        _served_ports.add(port)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import difflib
 import itertools
+import logging
 import math
 import os
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -42,24 +45,34 @@ def latency_buckets_from_environment() -> tuple[float, ...]:
         ) from None
 
 
-class ConfigError(ValueError):
-    """A setting has a value the collector cannot use; raised at start-up, never per request."""
+logger = logging.getLogger("collector")
 
-    def __init__(self, message: str, *, from_environment: bool = False) -> None:
-        super().__init__(message)
-        self.from_environment = from_environment
+MIN_TOKEN_LENGTH = 16
+_PREFIX = "COLLECTOR_"
+# One or more segments, no trailing slash: "/" would take every route of the app.
+_PATH = re.compile(r"(/[^/?#\s]+)+")
+_warned_unknown: set[str] = set()
+
+
+class ConfigError(ValueError):
+    """A keyword argument has a value the collector cannot use; raised at start-up, never per request."""
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="COLLECTOR_", extra="forbid", frozen=True)
+    model_config = SettingsConfigDict(env_prefix=_PREFIX, extra="forbid", frozen=True)
 
     enabled: bool = True
     metrics_path: str = "/metrics"
     # 0 serves metrics on the app itself at metrics_path; any other port gets its own server.
     metrics_port: int = Field(default=0, ge=0, le=65535)
     metrics_addr: str = "0.0.0.0"
+    # Without it anyone who reaches the app reads its metrics: the app's own middleware does not guard them.
+    metrics_token: str | None = None
+    # Scrapes within this many seconds of a rendering share it; concurrent scrapes always do.
+    metrics_cache_ttl: float = Field(default=1.0, ge=0, le=60)
 
-    heartbeat_interval: float = Field(default=0.025, gt=0, le=5)
+    # Below a millisecond the heartbeat alone keeps a core busy while the app is idle.
+    heartbeat_interval: float = Field(default=0.025, ge=0.001, le=5)
     stall_threshold: float = Field(default=0.1, gt=0, le=60)
     stall_locations_max: int = Field(default=20, ge=1, le=1000)
     process_sample_interval: float = Field(default=1.0, gt=0, le=60)
@@ -110,11 +123,30 @@ class Settings(BaseSettings):
     def _parse_buckets(cls, value: Any) -> Any:
         return parse_buckets(value) if isinstance(value, str) else value
 
+    @field_validator("metrics_token", "profile_token")
+    @classmethod
+    def _token(cls, token: str | None) -> str | None:
+        if token is not None and (
+            len(token) < MIN_TOKEN_LENGTH or not all("!" <= char <= "~" for char in token)
+        ):
+            raise ValueError(
+                f"must be at least {MIN_TOKEN_LENGTH} visible ASCII characters without spaces "
+                "(e.g. from `python -c 'import secrets; print(secrets.token_urlsafe())'`)"
+            )
+        return token
+
+    @field_validator("metrics_path", "profile_path")
+    @classmethod
+    def _path(cls, path: str) -> str:
+        if not _PATH.fullmatch(path):
+            raise ValueError("must be a path like /metrics ('/' or a trailing '/' takes the app's routes)")
+        return path
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
-        for name in ("metrics_path", "profile_path"):
-            if not getattr(self, name).startswith("/"):
-                raise ValueError(f"{name} must start with '/'")
+        metrics, profiles = self.metrics_path, self.profile_path
+        if metrics == profiles or profiles.startswith(metrics + "/") or metrics.startswith(profiles + "/"):
+            raise ValueError(f"profile_path {profiles!r} and metrics_path {metrics!r} overlap")
         if self.profile_endpoint and not self.profile_token:
             raise ValueError(
                 "profile_endpoint needs profile_token (COLLECTOR_PROFILE_TOKEN): profiles show code"
@@ -122,8 +154,42 @@ class Settings(BaseSettings):
         return self
 
 
+def _warn_unknown_variables() -> None:
+    """Name ``COLLECTOR_*`` variables that are no setting, once: a typo would otherwise go unnoticed.
+
+    A warning and not a stop: other tools read variables with this prefix too (Jaeger's
+    ``COLLECTOR_OTLP_ENABLED``), and an environment shared with them must still start.
+    """
+    known = [_PREFIX + name.upper() for name in Settings.model_fields]
+    unknown = sorted(
+        name for name in os.environ if name.upper().startswith(_PREFIX) and name.upper() not in known
+    )
+    fresh = [name for name in unknown if name not in _warned_unknown]
+    if not fresh:
+        return
+    _warned_unknown.update(fresh)
+    described = []
+    for name in fresh:
+        close = difflib.get_close_matches(name.upper(), known, n=1, cutoff=0.75)
+        described.append(f"{name} (did you mean {close[0]}?)" if close else name)
+    logger.warning("collector: not a setting, ignored: %s", ", ".join(described))
+
+
+def _environment_is_valid() -> bool:
+    try:
+        Settings()
+    except ValidationError:
+        return False
+    return True
+
+
 def load(**overrides: Any) -> Settings:
-    """Settings from keyword arguments over ``COLLECTOR_*`` variables, or a ``ConfigError``."""
+    """Settings from keyword arguments over ``COLLECTOR_*`` variables.
+
+    A bad keyword raises ``ConfigError``. A bad variable is an operator's mistake, met at
+    start-up by whichever call reads the settings first: it stops the process with one line.
+    """
+    _warn_unknown_variables()
     if "latency_buckets" in overrides:  # the histogram exists before instrument() is called
         raise ConfigError(
             f"collector: latency_buckets is read when collector is imported; set {LATENCY_BUCKETS_VARIABLE}"
@@ -132,14 +198,21 @@ def load(**overrides: Any) -> Settings:
         return Settings(**overrides)
     except ValidationError as exc:
         problems = []
-        from_environment = False
+        from_keywords = False
         for error in exc.errors():
             field = ".".join(str(part) for part in error["loc"])
-            # A cross-field error (no field) comes from the environment when any variable is set.
-            in_env = field not in overrides if field else any(k.startswith("COLLECTOR_") for k in os.environ)
-            from_environment = from_environment or in_env
-            where = f"{field} (COLLECTOR_{field.upper()})" if field else "settings"
-            value = f" = {error['input']!r}" if field and "input" in error else ""
-            problems.append(f"{where}{value}: {error['msg']}")
-        message = "collector: invalid settings:\n  " + "\n  ".join(problems)
-        raise ConfigError(message, from_environment=from_environment) from None
+            # A cross-field error (no field) is the keywords' when the variables alone are fine.
+            from_keywords = from_keywords or (field in overrides if field else _environment_is_valid())
+            where = f"{field} ({_PREFIX}{field.upper()})" if field else "settings"
+            if not field or "input" not in error:
+                value = ""
+            elif field.endswith("token"):
+                value = " = (hidden)"  # a secret stays out of the logs, even a bad one
+            else:
+                value = f" = {error['input']!r}"
+            message = error["msg"].removeprefix("Value error, ")
+            problems.append(f"{where}{value}: {message}")
+        text = "collector: invalid settings: " + "; ".join(problems)
+        if from_keywords:
+            raise ConfigError(text) from None
+        raise SystemExit(text) from None

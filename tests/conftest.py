@@ -22,6 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+# Tests read what they just caused: scrapes are not shared across time unless a test asks for it.
+os.environ.setdefault("COLLECTOR_METRICS_CACHE_TTL", "0")
 
 
 def free_port() -> int:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,8 @@ def test_an_unusable_multiprocess_directory_is_counted_and_requests_succeed(
     metrics = server.metrics()
     assert value(metrics, "fastapi_collector_errors_total", component="multiprocess") == 1
     assert value(metrics, "fastapi_request_duration_seconds_count", route="/items/{item_id}") == 1
-    assert "is not a writable directory" in server.output()
+    assert "is not a usable directory" in server.output()
+    assert "a scrape shows one worker instead of the sum over all workers" in server.output()
 
 
 def test_a_fault_in_a_request_hook_is_counted_and_the_response_is_intact() -> None:
@@ -55,3 +58,18 @@ def test_the_fault_log_is_rate_limited(caplog: Any) -> None:
         _faults.record("test_component", RuntimeError("boom"))
     assert sum("test_component" in r.getMessage() for r in caplog.records) == 1
     assert os.environ.get("PROMETHEUS_MULTIPROC_DIR") is None
+
+
+def test_faults_recorded_before_the_counter_existed_are_counted_once_it_does() -> None:
+    code = (
+        "from collector import _faults\n"
+        "_faults.record('early', RuntimeError('before the metrics'))\n"
+        "from collector.metrics import COLLECTOR_ERRORS\n"
+        "_faults.record('early', RuntimeError('after'))\n"
+        "print(COLLECTOR_ERRORS.labels('early')._value.get())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == "2.0"
