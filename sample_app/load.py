@@ -237,11 +237,15 @@ def main(argv: list[str] | None = None) -> int:
         )
     live = sys.stderr.isatty()
 
+    next_line = 2.0  # when the output is a log, not a terminal: a line every 2 s
+
     def show(elapsed: float, requests: int, errors: int, current: float) -> None:
+        nonlocal next_line
         line = f"  {elapsed:6.1f} s  {requests:7d} requests  {errors:5d} errors  {current:7.1f} req/s"
         if live:
             print("\r" + line, end="", file=sys.stderr, flush=True)
-        elif int(elapsed * 2) % 4 == 0:  # every 2 s when the output is a log, not a terminal
+        elif elapsed >= next_line:
+            next_line = elapsed + 2.0
             print(line, file=sys.stderr, flush=True)
 
     try:
