@@ -168,19 +168,23 @@ async def drive(
         last_report, last_done = start, 0
         tasks: set[asyncio.Task[None]] = set()
         while True:
-            next_at += rng.expovariate(rate)
             now = time.monotonic()
+            # More than a second behind (a slow app held every slot): skip those arrivals, no burst.
+            next_at = max(next_at, now - 1.0) + rng.expovariate(rate)
             while progress is not None and now - last_report >= 0.5:
                 done = sum(counts.statuses.values())
                 progress(
                     now - start, counts.requests, counts.errors, (done - last_done) / (now - last_report)
                 )
                 last_report, last_done = now, done
-            if next_at >= deadline:
+            if next_at >= deadline or now >= deadline:
                 break
             if next_at > now:
                 await asyncio.sleep(next_at - now)
-            await slots.acquire()
+            try:  # a slow app fills the slots: wait for one, but not past the deadline
+                await asyncio.wait_for(slots.acquire(), max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                break
             template = rng.choices(templates, weights)[0]
             task = asyncio.create_task(one(template, fill(template, rng, data)))
             tasks.add(task)
