@@ -491,3 +491,19 @@ def test_serve_runs_gunicorn_with_a_worker_per_core(tmp_path: Path) -> None:
         _stop(server)
     assert metric(samples, "fastapi_workers") == metric(samples, "fastapi_cpu_cores") == cores
     assert index["counts"]["customers"] == int(SIZE)
+
+
+def test_demo_ends_by_itself_with_the_summary_and_the_full_stack_pointer() -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    result = subprocess.run(
+        ["./scripts/demo", "--seconds", "5", "--port", str(free_port())],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "! tip  6" in result.stdout and "N+1 requests on /bad/orders/recent" in result.stdout
+    assert "docker compose up" in result.stdout
