@@ -10,6 +10,7 @@ not in the latency series, where the status the app sent to nobody would read as
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
@@ -42,6 +43,7 @@ _METHODS = frozenset(
 )
 
 _new_context = object.__new__
+_randint = random.Random().randint
 
 
 def route_path(path: str, root_path: str) -> str:
@@ -103,7 +105,8 @@ class CollectorMiddleware:
         if self._timed_every:
             self._until_timed -= 1
             if not self._until_timed:
-                self._until_timed = self._timed_every
+                # A random gap of mean N, not every Nth: load that alternates routes can't dodge it.
+                self._until_timed = _randint(1, 2 * self._timed_every - 1)
                 ctx.timed = True
                 try:
                     fastapi_hooks.timed_begin()

@@ -310,7 +310,14 @@ def iter_endpoints(routes: Any, prefix: str = "") -> Iterator[tuple[str, str, st
 
 
 def iter_middlewares(app: Any) -> Iterator[tuple[str, str]]:
-    """(name, kind) for each middleware the app added, outermost first."""
+    """(name, kind) for each middleware the app and its mounted sub-apps added, outermost first."""
+    yield from _own_middlewares(app)
+    for route in getattr(app, "routes", None) or ():
+        if isinstance(route, starlette_routing.Mount) and route.app is not app:
+            yield from iter_middlewares(route.app)
+
+
+def _own_middlewares(app: Any) -> Iterator[tuple[str, str]]:
     for entry in getattr(app, "user_middleware", []):
         cls = entry.cls
         kwargs = getattr(entry, "kwargs", {}) or {}

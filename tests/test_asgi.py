@@ -63,11 +63,17 @@ def test_route_handlers_report_async_and_sync_kinds(serve: Any) -> None:
     assert value(metrics, "fastapi_route_handlers", route="/metrics") == 0
 
 
+def _request_series(samples: Any) -> set[Any]:
+    """Series labelled by anything from the request; stall locations may appear under load and are bounded."""
+    request_labels = {"route", "method", "status", "path", "mount"}
+    return {k for k in samples if k[0].startswith("fastapi_") and request_labels & {n for n, _ in k[1]}}
+
+
 def test_unknown_paths_share_one_label_and_add_no_series(serve: Any) -> None:
     server = serve(APP)
     server.get("/no/such/path")
-    before = {k for k in server.metrics() if k[0].startswith("fastapi_")}
-    total = 10_000
+    before = _request_series(server.metrics())
+    total = 1_000  # every path is new: a leak would add a series per request, far past any noise
     answered = attempts = 0
 
     async def flood() -> None:
@@ -91,8 +97,7 @@ def test_unknown_paths_share_one_label_and_add_no_series(serve: Any) -> None:
 
     asyncio.run(flood())
     metrics = server.metrics()
-    after = {k for k in metrics if k[0].startswith("fastapi_")}
-    assert after - before == set()
+    assert _request_series(metrics) - before == set()
     assert answered >= total
     # A request whose connection broke may or may not have reached the app.
     assert answered + 1 <= value(metrics, DURATION, route="unmatched", status="404") <= attempts + 1

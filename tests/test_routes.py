@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi import FastAPI
 from starlette.background import BackgroundTask
 
 from collector import _patches, routes
@@ -80,3 +81,20 @@ def test_route_hooks_are_undone_exactly_by_the_ledger() -> None:
     assert routes.refresh_in_progress not in REFRESHERS
     assert _patches.active(routes.COMPONENT) == []
     routes.install_hooks()  # leave them as the apps of this process expect
+
+
+def test_middleware_inventory_includes_mounted_sub_apps() -> None:
+    from starlette.middleware.base import BaseHTTPMiddleware
+
+    from collector.routes import iter_middlewares
+
+    async def timing(request: Any, call_next: Any) -> Any:
+        return await call_next(request)
+
+    sub = FastAPI()
+    sub.add_middleware(BaseHTTPMiddleware, dispatch=timing)
+    app = FastAPI()
+    app.mount("/sub", sub)
+    assert ("test_middleware_inventory_includes_mounted_sub_apps.<locals>.timing", "base_http") in list(
+        iter_middlewares(app)
+    )
