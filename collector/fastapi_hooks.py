@@ -2,8 +2,8 @@
 
 ``fastapi.routing`` looks ``solve_dependencies`` and ``serialize_response`` up as module
 globals at call time, and ``solve_dependencies`` looks up ``request_body_to_args`` the
-same way; the hooks replace those globals. Per timed request (one in
-``round(1 / internals_sample_ratio)``, decided by the middleware):
+same way; the hooks replace those globals. Per timed request (on average one in
+``round(1 / internals_sample_ratio)``, at random gaps, decided by the middleware):
 
 - request validation: time inside ``request_body_to_args``, the body's validation (path,
   query, header and cookie parameters are validated in ``request_params_to_args``, called

@@ -77,8 +77,8 @@ class Settings(BaseSettings):
     stall_locations_max: int = Field(default=20, ge=1, le=1000)
     process_sample_interval: float = Field(default=1.0, gt=0, le=60)
 
-    # Share of requests whose FastAPI internals (dependencies, validation, serialization,
-    # response size) are timed: one in round(1 / ratio). Averages stay exact; counts are sampled.
+    # Share of requests whose FastAPI internals (dependencies, validation, serialization, response
+    # size) are timed: on average one in round(1 / ratio), at random gaps. Averages stay exact.
     internals_sample_ratio: float = Field(default=0.1, ge=0, le=1)
 
     tracing: Literal["auto", "on", "off"] = "auto"
