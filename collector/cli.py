@@ -38,7 +38,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CommandError as exc:
         print(f"collector {args.command}: {exc}", file=sys.stderr)
         return exc.code
-
-
-if __name__ == "__main__":
-    sys.exit(main())

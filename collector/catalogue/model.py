@@ -35,6 +35,7 @@ stall locations, pools), each a signal ranked top-k.
 
 from __future__ import annotations
 
+import json
 import math
 import operator
 import re
@@ -83,7 +84,7 @@ def _matches(labels: Mapping[str, str], match: Sequence[Matcher]) -> bool:
 
 
 def selector(name: str, match: Sequence[Matcher], extra: Sequence[Matcher]) -> str:
-    parts = [f'{label}{op}"{value}"' for label, op, value in (*extra, *match)]
+    parts = [f"{label}{op}{json.dumps(value)}" for label, op, value in (*extra, *match)]
     return f"{name}{{{','.join(parts)}}}" if parts else name
 
 
@@ -157,24 +158,24 @@ class Gauge:
 
 
 def bucket_quantile(q: float, buckets: Sequence[tuple[float, float]]) -> float:
-    """Prometheus' ``histogram_quantile`` on cumulative (upper bound, count) pairs."""
+    """Prometheus' ``histogram_quantile`` on cumulative (upper bound, count) pairs, step for step."""
     buckets = sorted(buckets)
-    if len(buckets) < 2 or buckets[-1][0] != math.inf:
+    if not buckets or buckets[-1][0] != math.inf:
         return math.nan
-    total = buckets[-1][1]
-    if total <= 0:
+    if len(buckets) < 2 or buckets[-1][1] <= 0:
         return math.nan
-    rank = q * total
-    lower_bound, lower_count = 0.0, 0.0
-    for bound, count in buckets:
-        if count >= rank:
-            if bound == math.inf:
-                return lower_bound
-            if count == lower_count:
-                return bound
-            return lower_bound + (bound - lower_bound) * (rank - lower_count) / (count - lower_count)
-        lower_bound, lower_count = bound, count
-    return buckets[-2][0]
+    rank = q * buckets[-1][1]
+    b = next((i for i, (_, count) in enumerate(buckets[:-1]) if count >= rank), len(buckets) - 1)
+    if b == len(buckets) - 1:
+        return buckets[-2][0]
+    if b == 0 and buckets[0][0] <= 0:
+        return buckets[0][0]
+    start, (end, count) = 0.0, buckets[b]
+    if b > 0:
+        start = buckets[b - 1][0]
+        count -= buckets[b - 1][1]
+        rank -= buckets[b - 1][1]
+    return start + (end - start) * (rank / count)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,222 @@
+"""The tip catalogue: complete, consistent, its metric names real, and its two evaluators agreeing."""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.metrics import MetricWrapperBase
+
+from collector import catalogue, metrics
+from collector.catalogue import names, rules, slo, tips
+from collector.catalogue.model import (
+    Binary,
+    CatalogueError,
+    Expr,
+    Gauge,
+    Quantile,
+    Signal,
+    parse_scrape,
+)
+from collector.catalogue.model import Counter as CounterExpr
+
+ROOT = Path(__file__).resolve().parent.parent
+DECLARED = {m._name: m for m in vars(metrics).values() if isinstance(m, MetricWrapperBase)}
+PENDING = {names.BACKGROUND_TASK_DURATION, names.RESPONSES_INCOMPLETE, names.REQUESTS_EXCLUDED}
+
+
+def leaves(expr: Expr) -> list[Expr]:
+    if isinstance(expr, Binary):
+        return leaves(expr.left) + leaves(expr.right)
+    return [expr]
+
+
+def every_signal() -> list[Signal]:
+    found = [s for t in tips.TIPS for s in (*t.key_signals, t.weight)]
+    found += [s for t in tips.TIPS for p in t.panels for s in p.signals]
+    found += [e.signal for t in tips.TIPS for e in t.evidence]
+    found += [s for _, c in catalogue.checks() for s in c.signals()]
+    return found
+
+
+def test_every_tip_has_an_alert_and_tips_6_and_9_have_one_per_failure_mode() -> None:
+    assert [t.number for t in tips.TIPS] == list(range(1, 11))
+    counts = {t.number: len(t.alerts) for t in tips.TIPS}
+    assert all(count >= 1 for count in counts.values())
+    assert counts[6] == 2 and counts[9] == 2
+
+
+def test_alerts_share_a_prefix_and_have_unique_names_runbooks_and_panels() -> None:
+    pairs = catalogue.alerts()
+    assert all(a.name.startswith(f"{tips.ALERT_PREFIX}Tip{t.number}") for t, a in pairs)
+    assert len({a.name for _, a in pairs}) == len(pairs)
+    assert len({a.runbook.slug for _, a in pairs}) == len(pairs)
+    assert all(a.severity in ("warning", "ticket") for _, a in pairs)
+    assert all(a.panel in t.panels and a.check.threshold in t.thresholds for t, a in pairs)
+    panel_ids = [p.id for _, p in catalogue.panels()]
+    assert len(set(panel_ids)) == len(panel_ids)
+
+
+def test_every_metric_the_catalogue_reads_is_declared_or_listed_as_pending() -> None:
+    used = set()
+    for signal in every_signal():
+        for leaf in leaves(signal.expr):
+            used.add(leaf.metric)
+            if isinstance(leaf, CounterExpr) and leaf.where:
+                used.add(leaf.where[0])
+    unknown = used - set(DECLARED) - PENDING
+    assert not unknown
+
+
+def test_a_latency_objective_between_buckets_is_refused_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    slo.check_objectives(names.latency_buckets())
+    monkeypatch.setattr(slo, "DEFAULT_OBJECTIVE", slo.Objective(latency_threshold=0.3))
+    with pytest.raises(CatalogueError) as error:
+        slo.check_objectives(names.latency_buckets())
+    assert "0.3 s is not a bucket boundary" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_paging_slo_alerts_are_critical_and_name_the_tip_alerts_beside_them() -> None:
+    burn = slo.alert_rules()
+    paging = [r for r in burn if r["labels"]["severity"] == "critical"]  # type: ignore[index]
+    assert {(r["labels"]["long_window"], r["labels"]["short_window"]) for r in paging} == {  # type: ignore[index]
+        ("1h", "5m"),
+        ("6h", "30m"),
+    }
+    assert all('tip!=\\"\\"' in r["annotations"]["description"] for r in paging)  # type: ignore[index]
+    tickets = [r for r in burn if r not in paging]
+    assert {r["labels"]["severity"] for r in tickets} == {"ticket"}  # type: ignore[index]
+
+
+def test_a_check_evaluates_two_scrapes_and_skips_routes_below_the_traffic_guard() -> None:
+    registry = CollectorRegistry()
+    requests = Histogram(names.REQUESTS, "", ["method", "route", "status"], registry=registry)
+    n_plus_one = Counter(names.DB_N_PLUS_ONE, "", ["route"], registry=registry)
+    before = parse_scrape(generate_latest(registry).decode())
+    for _ in range(100):
+        requests.labels("GET", "/orders", "200").observe(0.01)
+        requests.labels("GET", "/users", "200").observe(0.01)
+    n_plus_one.labels("/orders").inc(20)
+    n_plus_one.labels("/users")
+    requests.labels("GET", "/rare", "200").observe(0.01)
+    n_plus_one.labels("/rare").inc()
+    after = parse_scrape(generate_latest(registry).decode())
+
+    check = tips.TIP6.alerts[0].check
+    values = check.evaluate(before, after, seconds=60.0)
+    by_route = {dict(k)["route"]: v for k, v in values.items()}
+    assert by_route["/orders"] == pytest.approx(0.2)
+    assert check.breaches(by_route["/orders"]) and not check.breaches(by_route["/users"])
+    assert "/rare" not in by_route  # one request a minute is under the guard
+    assert check.severity_ratio(by_route["/orders"]) == pytest.approx(0.2 / check.threshold.value)
+
+
+# Values for the labels of every metric, for a synthetic scrape pair covering the whole catalogue.
+LABEL_VALUES = {
+    "route": ("/a", "/b"),
+    "method": ("GET",),
+    "status": ("200", "500"),
+    "phase": ("request", "response"),
+    "result": ("hit", "miss"),
+    "cache": ("c",),
+    "pool": ("p",),
+    "mount": ("/static",),
+    "location": ("app.py:10", "db.py:3"),
+    "name": ("Timing",),
+    "pid": ("1", "2"),
+}
+KIND = {
+    names.ROUTE_HANDLERS: ("sync", "async"),
+    names.MIDDLEWARES: ("base_http",),
+    names.RESOURCES_CREATED: ("db",),
+}
+STATE = {names.THREADPOOL_TOKENS: ("borrowed", "total"), names.DB_POOL_CONNECTIONS: ("checked_out", "size")}
+SERIES_LABELS = {"job": "app", "instance": "i1"}
+STEPS = 5  # minutes between the two scrapes, one sample a minute
+
+
+def synthetic_series() -> list[tuple[str, dict[str, str], float, float]]:
+    """(sample name, labels, value at 0 m, value at 5 m) for every declared metric the catalogue reads."""
+    out = []
+    for family, metric in sorted(DECLARED.items()):
+        values = {**LABEL_VALUES, "kind": KIND.get(family, ("x",)), "state": STATE.get(family, ("x",))}
+        combos = itertools.product(*(values.get(label, ("x",)) for label in metric._labelnames))
+        for i, combo in enumerate(combos, start=1):
+            labels = {**SERIES_LABELS, **dict(zip(metric._labelnames, combo, strict=True))}
+            kind = metric._type
+            if kind == "gauge":
+                out.append((family, labels, float(i), float(i)))
+            elif kind == "counter":
+                out.append((f"{family}_total", labels, 0.0, 300.0 * i))
+            else:
+                bounds = metric._upper_bounds
+                for j, bound in enumerate(bounds):
+                    le = "+Inf" if bound == float("inf") else repr(float(bound))
+                    out.append((f"{family}_bucket", {**labels, "le": le}, 0.0, 300.0 * i * min(j + 1, 4)))
+                out.append((f"{family}_count", labels, 0.0, 300.0 * i * 4))
+                out.append(
+                    (f"{family}_sum", labels, 0.0, 75.0 * i)
+                )  # rates exact in binary: sums agree to the bit
+    return out
+
+
+def test_prometheus_and_the_local_evaluator_agree_on_every_recorded_signal(tmp_path: Path) -> None:
+    series = synthetic_series()
+    before: dict[str, list[tuple[dict[str, str], float]]] = {}
+    after: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for name, labels, start, end in series:
+        before.setdefault(name, []).append((labels, start))
+        after.setdefault(name, []).append((labels, end))
+    tests = []
+    for signal in rules.recorded_signals():
+        record = signal.record(tips.RULE_WINDOW)
+        expected = signal.expr.evaluate(before, after, STEPS * 60.0)
+        assert expected, f"{record}: the synthetic scrape gives it no series"
+        samples = [
+            {"labels": record + "{" + ",".join(f'{k}="{v}"' for k, v in key) + "}", "value": value}
+            for key, value in expected.items()
+        ]
+        tests.append({"expr": record, "eval_time": f"{STEPS}m", "exp_samples": samples})
+
+    def values(start: float, end: float) -> str:
+        step = (end - start) / STEPS
+        return f"{start:g}+{step:g}x{STEPS}"
+
+    (tmp_path / "rules.yml").write_text((ROOT / "prometheus/rules/recording.yml").read_text())
+    test_file = {
+        "rule_files": ["rules.yml"],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [
+                    {
+                        "series": name + "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}",
+                        "values": values(start, end),
+                    }
+                    for name, labels, start, end in series
+                ],
+                "promql_expr_test": tests,
+            }
+        ],
+    }
+    (tmp_path / "test.yml").write_text(yaml.safe_dump(test_file))
+    result = subprocess.run(
+        ["promtool", "test", "rules", "test.yml"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_instant_queries_carry_the_doctors_extra_matchers() -> None:
+    check = tips.TIP9.alerts[0].check
+    query = check.promql("30m", (("job", "=", "shop"),))
+    assert 'fastapi_event_loop_stalled_seconds_total{job="shop"}[30m]' in query
+    gauge = Gauge(names.WORKERS, by=("instance",))
+    assert (
+        gauge.promql("1m", (("job", "=~", "a|b"),)) == 'sum by (job, instance) (fastapi_workers{job=~"a|b"})'
+    )
+    assert Quantile(0.5, names.REQUESTS).promql("1m").startswith("histogram_quantile(0.5, sum by (job, le)")
