@@ -20,7 +20,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from collector.catalogue import names as n
-from collector.catalogue.model import COMMON_BY, CatalogueError, Matcher, selector
+from collector.catalogue.model import (
+    COMMON_BY,
+    Binary,
+    CatalogueError,
+    Counter,
+    Expr,
+    Matcher,
+    Panel,
+    Quantile,
+    Signal,
+    ratio,
+    selector,
+)
 from collector.catalogue.tips import ALERT_PREFIX, RUNBOOK_BASE_URL
 
 
@@ -110,19 +122,18 @@ def groups() -> tuple[RouteGroup, ...]:
     )
 
 
-def _rate(suffix: str, match: tuple[Matcher, ...], window: str) -> str:
-    return f"sum by ({BY}) (rate({selector(n.REQUESTS + suffix, match, ())}[{window}]))"
+def error_ratio(group: RouteGroup) -> Expr:
+    """Share of requests answered 5xx, per route (no series while a route has no 5xx)."""
+    requests = Counter(n.REQUESTS, "_count", group.match, ("route",))
+    return ratio(Counter(n.REQUESTS, "_count", (*group.match, ("status", "=~", "5..")), ("route",)), requests)
 
 
-def error_ratio(group: RouteGroup, window: str) -> str:
-    bad = _rate("_count", (*group.match, ("status", "=~", "5..")), window)
-    return f"{bad}\n/\n{_rate('_count', group.match, window)}"
-
-
-def slow_ratio(group: RouteGroup, window: str) -> str:
+def slow_ratio(group: RouteGroup) -> Expr:
+    """Share of requests slower than the latency threshold, per route: exact at a bucket boundary."""
+    requests = Counter(n.REQUESTS, "_count", group.match, ("route",))
     le = repr(float(group.objective.latency_threshold))  # as client_python writes le: 0.5, 1.0
-    fast = _rate("_bucket", (*group.match, ("le", "=", le)), window)
-    return f"1 - (\n{fast}\n/\n{_rate('_count', group.match, window)}\n)"
+    fast = Counter(n.REQUESTS, "_bucket", (*group.match, ("le", "=", le)), ("route",))
+    return ratio(Binary("-", requests, fast), requests)
 
 
 def record_name(kind: str, window: str) -> str:
@@ -133,8 +144,12 @@ def recording_rules() -> list[dict[str, str]]:
     rules = []
     for group in groups():
         for window in windows():
-            rules.append({"record": record_name(ERROR_RECORD, window), "expr": error_ratio(group, window)})
-            rules.append({"record": record_name(SLOW_RECORD, window), "expr": slow_ratio(group, window)})
+            rules.append(
+                {"record": record_name(ERROR_RECORD, window), "expr": error_ratio(group).promql(window)}
+            )
+            rules.append(
+                {"record": record_name(SLOW_RECORD, window), "expr": slow_ratio(group).promql(window)}
+            )
     return rules
 
 
@@ -187,3 +202,39 @@ def alert_rules() -> list[dict[str, object]]:
                     }
                 )
     return rules
+
+
+# The SLO dashboard's panels; the burn rates themselves are the recorded series above.
+SLO_DASHBOARD_UID = "fastapi-slo"
+ERROR_RATIO = Signal(ERROR_RECORD, error_ratio(groups()[0]), "percentunit", "Share of requests answered 5xx.")
+SLOW_RATIO = Signal(
+    SLOW_RECORD,
+    slow_ratio(groups()[0]),
+    "percentunit",
+    f"Share of requests slower than {DEFAULT_OBJECTIVE.latency_threshold:g} s, on the default objective.",
+)
+INCOMPLETE = Signal(
+    "fastapi_responses_incomplete",
+    Counter(n.RESPONSES_INCOMPLETE, by=("route", "reason")),
+    "reqps",
+    "Responses that failed after they started or that the client abandoned, per second.",
+)
+EXCLUDED = Signal(
+    "fastapi_requests_excluded",
+    Counter(n.REQUESTS_EXCLUDED, by=("path",)),
+    "reqps",
+    "Requests left out of the request metrics (health and readiness probes), per second.",
+)
+LATENCY = Signal(
+    "fastapi_request_duration_seconds",
+    Quantile(0.99, n.REQUESTS, by=("route",)),
+    "s",
+    "99th percentile of request latency per route.",
+)
+PANELS: tuple[Panel, ...] = (
+    Panel(1, "Error ratio per route", (ERROR_RATIO,), "Requests answered 5xx over all requests."),
+    Panel(2, "Slow ratio per route", (SLOW_RATIO,), "Requests above the latency objective's threshold."),
+    Panel(3, "Latency p99 per route", (LATENCY,), "Exemplars link to traces."),
+    Panel(4, "Incomplete responses", (INCOMPLETE,), "Failed after the status line, or abandoned."),
+    Panel(5, "Requests left out of the metrics", (EXCLUDED,), "Probes: counted apart so a storm shows."),
+)

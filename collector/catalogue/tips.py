@@ -945,6 +945,12 @@ SLOW_P99 = Threshold(
     "seconds",
     "A route's p99 latency above which a slow request needs a profile.",
 )
+BACKGROUND_P99 = Signal(
+    "fastapi_background_task_duration_seconds",
+    Quantile(0.99, n.BACKGROUND_TASK_DURATION, by=("route",)),
+    "s",
+    "99th percentile of the background tasks' time after the response, per route.",
+)
 PROFILES = Signal(
     "fastapi_profiles_captured",
     Counter(n.PROFILES_CAPTURED, by=("route",)),
@@ -999,9 +1005,16 @@ TIP10 = Tip(
     panels=(
         SLOW_PANEL,
         _panel(10, 2, "Profiles kept", PROFILES, description="Profiles of slow requests kept."),
+        _panel(
+            10, 3, "Background tasks p99", BACKGROUND_P99, description="Work run after the response was sent."
+        ),
     ),
     weight=REQUEST_SECONDS,
-    evidence=(Evidence("Slowest routes", LATENCY_P99), Evidence("Profiles kept", PROFILES)),
+    evidence=(
+        Evidence("Slowest routes", LATENCY_P99),
+        Evidence("Profiles kept", PROFILES),
+        Evidence("Slowest background tasks", BACKGROUND_P99),
+    ),
     thresholds=(SLOW_P99,),
 )
 
