@@ -75,9 +75,9 @@ LATENCY_RUNBOOK = "slo-latency-budget-burn"
 
 # Prometheus template listing the tip alerts firing for the same job: the likely causes.
 TIP_ALERTS_BESIDE = (
-    'Tip alerts firing beside it: {{ range printf "ALERTS{alertstate=\\"firing\\",tip!=\\"\\",job=%q}" '
-    "$labels.job | query }}{{ .Labels.alertname }}{{ with .Labels.route }} ({{ . }}){{ end }} "
-    "{{ else }}none{{ end }}"
+    'Tip alerts firing beside it:{{ range printf "ALERTS{alertstate=\\"firing\\",tip!=\\"\\",job=%q}" '
+    "$labels.job | query }} {{ .Labels.alertname }}{{ with .Labels.route }} ({{ . }}){{ end }}"
+    "{{ else }} none{{ end }}."
 )
 
 
