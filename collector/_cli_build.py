@@ -2,7 +2,8 @@
 
 ``GENERATORS`` lists functions returning {path relative to the repository: text}; a new kind of
 output (dashboards, Kubernetes manifests) is one more function in the list. ``--check`` writes
-nothing and exits 1 when a file would change, naming it.
+nothing and exits 1 when a file would change, naming it. A file an earlier build wrote (it carries
+``HEADER``) and this one no longer generates is removed by ``build`` and reported by ``--check``.
 """
 
 from __future__ import annotations
@@ -12,8 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from collector import metrics
-from collector.catalogue import rules, runbooks, slo, yaml
+from collector.catalogue import names, rules, runbooks, slo, yaml
 from collector.catalogue.model import CatalogueError
 from collector.cli import CommandError
 
@@ -34,7 +34,7 @@ GENERATORS: list[Generator] = [prometheus_rules, runbook_pages]
 
 
 def generate() -> dict[str, str]:
-    slo.check_objectives(tuple(float(b) for b in metrics.LATENCY_BUCKETS))
+    slo.check_objectives(names.latency_buckets())
     out: dict[str, str] = {}
     for generator in GENERATORS:
         out.update(generator())
@@ -51,8 +51,21 @@ def stale(root: Path, files: dict[str, str]) -> list[str]:
     return changed
 
 
+def orphans(root: Path, files: dict[str, str]) -> list[str]:
+    """Files an earlier build wrote (they carry the header) that this build no longer generates."""
+    found = set()
+    for folder in {(root / path).parent for path in files}:
+        for candidate in folder.glob("*") if folder.is_dir() else ():
+            path = candidate.relative_to(root).as_posix()
+            if path not in files and candidate.is_file() and HEADER in candidate.read_text(encoding="utf-8"):
+                found.add(path)
+    return sorted(found)
+
+
 def write(root: Path, files: dict[str, str]) -> list[str]:
     changed = stale(root, files)
+    for path in orphans(root, files):
+        (root / path).unlink()
     for path in changed:
         target = root / path
         try:
@@ -70,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     except CatalogueError as exc:
         raise CommandError(str(exc)) from None
     if args.check:
-        changed = stale(root, files)
+        changed = stale(root, files) + [f"{path} (no longer generated)" for path in orphans(root, files)]
         if changed:
             raise CommandError(f"out of date, run `collector build`: {', '.join(changed)}")
         print(f"{len(files)} generated files up to date")

@@ -21,6 +21,7 @@ from collector.catalogue.model import (
     Quantile,
     Signal,
     parse_scrape,
+    project,
 )
 from collector.catalogue.model import Counter as CounterExpr
 
@@ -226,3 +227,9 @@ def test_instant_queries_carry_the_doctors_extra_matchers() -> None:
         gauge.promql("1m", (("job", "=~", "a|b"),)) == 'sum by (job, instance) (fastapi_workers{job=~"a|b"})'
     )
     assert Quantile(0.5, names.REQUESTS).promql("1m").startswith("histogram_quantile(0.5, sum by (job, le)")
+
+
+def test_a_weight_projects_onto_the_labels_it_shares_with_a_breach() -> None:
+    weights = {(("job", "app"), ("route", "/a")): 2.0, (("job", "app"), ("route", "/b")): 3.0}
+    assert project(weights, ("job",)) == {(("job", "app"),): 5.0}
+    assert project(weights, ("job", "pool")) == {(("job", "app"), ("pool", "")): 5.0}

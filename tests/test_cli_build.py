@@ -85,3 +85,15 @@ def test_a_route_objective_gets_its_own_rules_and_the_default_leaves_its_route_o
         ["promtool", "check", "rules", *files], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_file_no_longer_generated_is_reported_then_removed(tmp_path: Path) -> None:
+    assert cli.main(["build", "--output", str(tmp_path)]) == 0
+    old = tmp_path / "docs/runbooks/tip0-renamed.md"
+    old.write_text(f"<!-- {_cli_build.HEADER} -->\n# gone\n")
+    mine = tmp_path / "docs/runbooks/handwritten.md"
+    mine.write_text("# kept: not written by collector build\n")
+    result = collector("build", "--output", str(tmp_path), "--check")
+    assert result.returncode == 1 and "docs/runbooks/tip0-renamed.md (no longer generated)" in result.stderr
+    assert cli.main(["build", "--output", str(tmp_path)]) == 0
+    assert not old.exists() and mine.exists()

@@ -29,8 +29,10 @@ doctor evaluates the same check:
 ``Threshold.warn`` is where the doctor says "warning" before the alert's value says "broken".
 Impact ranking: ``Check.severity_ratio(value)`` (how far past the threshold, 1.0 at it), then the
 tip's ``weight`` signal (request-seconds per second on the route, or requests per second) so a
-breach on a busy route ranks first. ``Evidence`` lists what to show beside a verdict (worst routes,
-stall locations, pools), each a signal ranked top-k.
+breach on a busy route ranks first; ``project(weights, shared)`` sums the weight onto the labels
+it shares with the check's series (a pool-level breach weighs all its job's request time).
+``Evidence`` lists what to show beside a verdict (worst routes, stall locations, pools), each a
+signal ranked top-k. ``Tip.needs`` says which setting the signal depends on, for "no data, because".
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ import operator
 import re
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal, Union
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -90,6 +92,14 @@ def selector(name: str, match: Sequence[Matcher], extra: Sequence[Matcher]) -> s
 
 def _key(labels: Mapping[str, str], by: Sequence[str]) -> Labels:
     return tuple((label, labels.get(label, "")) for label in by)
+
+
+def project(vector: Vector, labels: Sequence[str]) -> Vector:
+    """Sum a vector onto the given labels (those it lacks read as empty)."""
+    out: Vector = defaultdict(float)
+    for key, value in vector.items():
+        out[_key(dict(key), labels)] += value
+    return dict(out)
 
 
 @dataclass(frozen=True)
@@ -437,7 +447,7 @@ class Tip:
     evidence: tuple[Evidence, ...] = ()
     # When the collector does not measure the tip unless a setting is on (profiling), say so.
     needs: str = ""
-    thresholds: tuple[Threshold, ...] = field(default=())
+    thresholds: tuple[Threshold, ...] = ()
 
     @property
     def checks(self) -> tuple[Check, ...]:

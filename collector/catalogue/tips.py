@@ -341,7 +341,7 @@ TIP3 = Tip(
 
 # Tip 4: workers = cores ----------------------------------------------------------------------------
 WORKERS_PER_CORE = Threshold(
-    "workers_per_core_min", 1.0, "ratio", "Live workers per CPU core; below 1 some cores stay idle.", warn=1.0
+    "workers_per_core_min", 1.0, "ratio", "Live workers per CPU core; below 1 some cores stay idle."
 )
 WORKERS_RATIO = Signal(
     "fastapi_workers_per_core",
