@@ -20,6 +20,7 @@ from collector.catalogue.model import (
     Gauge,
     Quantile,
     Signal,
+    Total,
     parse_scrape,
     project,
 )
@@ -30,9 +31,11 @@ DECLARED = {m._name: m for m in vars(metrics).values() if isinstance(m, MetricWr
 PENDING = {names.BACKGROUND_TASK_DURATION, names.RESPONSES_INCOMPLETE, names.REQUESTS_EXCLUDED}
 
 
-def leaves(expr: Expr) -> list[Expr]:
+def leaves(expr: Expr) -> list[CounterExpr | Gauge | Quantile]:
     if isinstance(expr, Binary):
         return leaves(expr.left) + leaves(expr.right)
+    if isinstance(expr, Total):
+        return list(expr.parts)
     return [expr]
 
 

@@ -13,7 +13,9 @@ Expressions are structured, not strings, so one definition gives both PromQL and
 - ``Gauge(metric, match, by, agg)``: a gauge's current value, ``sum``/``max``/``min`` by ``by``.
 - ``Quantile(q, metric, match, by)``: ``histogram_quantile`` over the rate of the buckets; locally the
   same linear interpolation Prometheus does.
-- ``Binary(op, left, right)``: ``+ - * /`` on vectors with the same labels (one-to-one matching).
+- ``Total(parts)``: the summed rates of several counters, a series missing from one part kept.
+- ``Binary(op, left, right)``: ``+ - * /`` on vectors with the same labels (one-to-one matching;
+  a series missing on either side is dropped, as in PromQL).
 
 A ``Signal`` names an expression (its recording rule is ``level:name:operations``, e.g.
 ``job_route:fastapi_db_n_plus_one_per_request:ratio_rate5m``). A ``Check`` compares a signal with a
@@ -116,13 +118,17 @@ class Counter:
         return (*COMMON_BY, *self.by)
 
     def promql(self, window: str, extra: Sequence[Matcher] = ()) -> str:
+        return f"sum by ({', '.join(self.labels)}) ({self.rates(window, extra)})"
+
+    def rates(self, window: str, extra: Sequence[Matcher] = ()) -> str:
+        """The per-series rates, before aggregation."""
         inner = f"rate({selector(self.metric + self.suffix, self.match, extra)}[{window}])"
         if self.where is not None:
             gauge, match, on = self.where
             inner = (
                 f"{inner} and on ({', '.join((*COMMON_BY, 'instance', *on))}) {selector(gauge, match, extra)}"
             )
-        return f"sum by ({', '.join(self.labels)}) ({inner})"
+        return inner
 
     def evaluate(self, before: Scrape, after: Scrape, seconds: float) -> Vector:
         previous = {_key(lb, sorted(lb)): v for lb, v in before.get(self.metric + self.suffix, ())}
@@ -138,6 +144,33 @@ class Counter:
                 continue
             old = previous.get(_key(labels, sorted(labels)), 0.0)
             out[_key(labels, self.labels)] += (value - old if value >= old else value) / seconds
+        return dict(out)
+
+
+@dataclass(frozen=True)
+class Total:
+    """The summed rates of several counters, e.g. validation and serialization seconds together.
+
+    PromQL ``sum by (...) (rate(a[w]) or rate(b[w]))``: a route missing from one part still counts the
+    others (``a + b`` would drop it). The parts' series must differ in their label sets (here they
+    do: validation has ``phase``, serialization has not), else ``or`` keeps only the first.
+    """
+
+    parts: tuple[Counter, ...]
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.parts[0].labels
+
+    def promql(self, window: str, extra: Sequence[Matcher] = ()) -> str:
+        inner = " or ".join(part.rates(window, extra) for part in self.parts)
+        return f"sum by ({', '.join(self.labels)}) ({inner})"
+
+    def evaluate(self, before: Scrape, after: Scrape, seconds: float) -> Vector:
+        out: Vector = defaultdict(float)
+        for part in self.parts:
+            for key, value in part.evaluate(before, after, seconds).items():
+                out[key] += value
         return dict(out)
 
 
@@ -241,7 +274,7 @@ class Binary:
         return {key: value for key, value in out.items() if not math.isnan(value)}
 
 
-Expr = Union[Counter, Gauge, Quantile, Binary]  # noqa: UP007  (a runtime alias for dataclass fields)
+Expr = Union[Counter, Total, Gauge, Quantile, Binary]  # noqa: UP007  (a runtime alias for dataclass fields)
 
 
 def _uses_rates(expr: Expr) -> bool:

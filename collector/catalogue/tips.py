@@ -9,7 +9,6 @@ from __future__ import annotations
 from collector.catalogue import names as n
 from collector.catalogue.model import (
     Alert,
-    Binary,
     Check,
     Counter,
     Evidence,
@@ -21,6 +20,7 @@ from collector.catalogue.model import (
     Signal,
     Threshold,
     Tip,
+    Total,
     mean,
     ratio,
 )
@@ -256,13 +256,16 @@ VALIDATION_SHARE = Threshold(
 )
 PYDANTIC_MEAN = Signal(
     "fastapi_pydantic_duration_seconds",
-    Binary(
-        "+",
-        ratio(
-            Counter(n.VALIDATION_DURATION, "_sum", by=("route",)),
-            Counter(n.VALIDATION_DURATION, "_count", (("phase", "=", "request"),), ("route",)),
+    # Per serialized response: each timed request serializes once, but a route without parameters
+    # has no request-validation observation, so validation's own count would undercount.
+    ratio(
+        Total(
+            (
+                Counter(n.VALIDATION_DURATION, "_sum", by=("route",)),
+                Counter(n.SERIALIZATION_DURATION, "_sum", by=("route",)),
+            )
         ),
-        mean(n.SERIALIZATION_DURATION, by=("route",)),
+        Counter(n.SERIALIZATION_DURATION, "_count", by=("route",)),
     ),
     "s",
     "Mean time per request validating (request and response) and serializing, per route.",
