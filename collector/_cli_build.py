@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from collector.catalogue import names, rules, runbooks, slo, yaml
+from collector.catalogue import names, rules, ruletests, runbooks, slo, yaml
 from collector.catalogue.model import CatalogueError
 from collector.cli import CommandError
 
@@ -26,11 +26,15 @@ def prometheus_rules() -> dict[str, str]:
     return {path: yaml.dump(document, HEADER) for path, document in rules.documents().items()}
 
 
+def rule_tests() -> dict[str, str]:
+    return {path: yaml.dump(document, HEADER) for path, document in ruletests.documents().items()}
+
+
 def runbook_pages() -> dict[str, str]:
     return {path: f"<!-- {HEADER} -->\n{text}" for path, text in runbooks.pages().items()}
 
 
-GENERATORS: list[Generator] = [prometheus_rules, runbook_pages]
+GENERATORS: list[Generator] = [prometheus_rules, rule_tests, runbook_pages]
 
 
 def generate() -> dict[str, str]:
@@ -94,7 +98,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: Any) -> None:
-    build = subparsers.add_parser("build", help="regenerate rules and runbooks from the tip catalogue")
+    build = subparsers.add_parser(
+        "build", help="regenerate rules, rule tests and runbooks from the tip catalogue"
+    )
     build.add_argument("--output", default=".", help="repository root to write into (default: .)")
     build.add_argument("--check", action="store_true", help="write nothing; exit 1 if a file would change")
     build.set_defaults(run=run)

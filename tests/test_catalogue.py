@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import itertools
-import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.metrics import MetricWrapperBase
 
 from collector import catalogue, metrics
-from collector.catalogue import names, rules, slo, tips
+from collector.catalogue import names, slo, tips
 from collector.catalogue.model import (
     Binary,
     CatalogueError,
@@ -117,108 +114,6 @@ def test_a_check_evaluates_two_scrapes_and_skips_routes_below_the_traffic_guard(
     assert check.breaches(by_route["/orders"]) and not check.breaches(by_route["/users"])
     assert "/rare" not in by_route  # one request a minute is under the guard
     assert check.severity_ratio(by_route["/orders"]) == pytest.approx(0.2 / check.threshold.value)
-
-
-# Values for the labels of every metric, for a synthetic scrape pair covering the whole catalogue.
-LABEL_VALUES = {
-    "route": ("/a", "/b"),
-    "method": ("GET",),
-    "status": ("200", "500"),
-    "phase": ("request", "response"),
-    "result": ("hit", "miss"),
-    "cache": ("c",),
-    "pool": ("p",),
-    "mount": ("/static",),
-    "location": ("app.py:10", "db.py:3"),
-    "name": ("Timing",),
-    "pid": ("1", "2"),
-}
-KIND = {
-    names.ROUTE_HANDLERS: ("sync", "async"),
-    names.MIDDLEWARES: ("base_http",),
-    names.RESOURCES_CREATED: ("db",),
-}
-STATE = {names.THREADPOOL_TOKENS: ("borrowed", "total"), names.DB_POOL_CONNECTIONS: ("checked_out", "size")}
-SERIES_LABELS = {"job": "app", "instance": "i1"}
-STEPS = 5  # minutes between the two scrapes, one sample a minute
-
-
-def synthetic_series() -> list[tuple[str, dict[str, str], float, float]]:
-    """(sample name, labels, value at 0 m, value at 5 m) for every declared metric the catalogue reads."""
-    out = []
-    for family, metric in sorted(DECLARED.items()):
-        values = {**LABEL_VALUES, "kind": KIND.get(family, ("x",)), "state": STATE.get(family, ("x",))}
-        combos = itertools.product(*(values.get(label, ("x",)) for label in metric._labelnames))
-        for i, combo in enumerate(combos, start=1):
-            labels = {**SERIES_LABELS, **dict(zip(metric._labelnames, combo, strict=True))}
-            if family == names.ROUTE_HANDLERS and (labels["route"] == "/a") != (labels["kind"] == "sync"):
-                continue  # /a is the one sync route, so the join on handler kind has something to drop
-            kind = metric._type
-            if kind == "gauge":
-                out.append((family, labels, float(i), float(i)))
-            elif kind == "counter":
-                out.append((f"{family}_total", labels, 0.0, 300.0 * i))
-            else:
-                bounds = metric._upper_bounds
-                for j, bound in enumerate(bounds):
-                    le = "+Inf" if bound == float("inf") else repr(float(bound))
-                    out.append((f"{family}_bucket", {**labels, "le": le}, 0.0, 300.0 * i * min(j + 1, 4)))
-                out.append((f"{family}_count", labels, 0.0, 300.0 * i * 4))
-                out.append(
-                    (f"{family}_sum", labels, 0.0, 75.0 * i)
-                )  # rates exact in binary: sums agree to the bit
-    return out
-
-
-def test_prometheus_and_the_local_evaluator_agree_on_every_recorded_signal(tmp_path: Path) -> None:
-    series = synthetic_series()
-    before: dict[str, list[tuple[dict[str, str], float]]] = {}
-    after: dict[str, list[tuple[dict[str, str], float]]] = {}
-    for name, labels, start, end in series:
-        before.setdefault(name, []).append((labels, start))
-        after.setdefault(name, []).append((labels, end))
-    tests = []
-    recorded = [(s.record(tips.RULE_WINDOW), s.expr) for s in rules.recorded_signals()]
-    window = f"{STEPS}m"
-    recorded.append((slo.record_name(slo.ERROR_RECORD, window), slo.error_ratio(slo.groups()[0])))
-    recorded.append((slo.record_name(slo.SLOW_RECORD, window), slo.slow_ratio(slo.groups()[0])))
-    for record, expr in recorded:
-        expected = expr.evaluate(before, after, STEPS * 60.0)
-        assert expected, f"{record}: the synthetic scrape gives it no series"
-        samples = [
-            {"labels": record + "{" + ",".join(f'{k}="{v}"' for k, v in key) + "}", "value": value}
-            for key, value in expected.items()
-        ]
-        tests.append({"expr": record, "eval_time": f"{STEPS}m", "exp_samples": samples})
-
-    def values(start: float, end: float) -> str:
-        step = (end - start) / STEPS
-        return f"{start:g}+{step:g}x{STEPS}"
-
-    assert window == tips.RULE_WINDOW  # one synthetic window checks the tip rules and the SLO 5m rules
-    (tmp_path / "rules.yml").write_text((ROOT / "prometheus/rules/recording.yml").read_text())
-    test_file = {
-        "rule_files": ["rules.yml"],
-        "evaluation_interval": "1m",
-        "tests": [
-            {
-                "interval": "1m",
-                "input_series": [
-                    {
-                        "series": name + "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}",
-                        "values": values(start, end),
-                    }
-                    for name, labels, start, end in series
-                ],
-                "promql_expr_test": tests,
-            }
-        ],
-    }
-    (tmp_path / "test.yml").write_text(yaml.safe_dump(test_file))
-    result = subprocess.run(
-        ["promtool", "test", "rules", "test.yml"], cwd=tmp_path, capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_instant_queries_carry_the_doctors_extra_matchers() -> None:

@@ -48,7 +48,9 @@ def test_a_fresh_build_writes_exactly_the_committed_files(tmp_path: Path) -> Non
     assert cli.main(["build", "--output", str(tmp_path)]) == 0
     written = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
     committed = sorted(
-        p.relative_to(ROOT) for d in ("prometheus/rules", "docs/runbooks") for p in (ROOT / d).iterdir()
+        p.relative_to(ROOT)
+        for d in ("prometheus/rules", "prometheus/tests", "docs/runbooks")
+        for p in (ROOT / d).iterdir()
     )
     assert written == committed
 
@@ -72,7 +74,7 @@ def test_build_refuses_a_latency_objective_off_the_buckets(
     assert not any(tmp_path.iterdir())
 
 
-def test_a_route_objective_gets_its_own_rules_and_the_default_leaves_its_route_out(
+def test_a_route_objective_gets_its_own_rules_and_tests_and_the_default_leaves_its_route_out(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setattr(slo, "ROUTE_OBJECTIVES", {"/reports/{id}": slo.Objective(latency_threshold=2.5)})
@@ -85,6 +87,15 @@ def test_a_route_objective_gets_its_own_rules_and_the_default_leaves_its_route_o
         ["promtool", "check", "rules", *files], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stdout + result.stderr
+    assert "/reports/{id}" in (tmp_path / "prometheus/tests/slo.yml").read_text()
+    result = subprocess.run(
+        ["promtool", "test", "rules", "slo.yml", "recording.yml"],
+        cwd=tmp_path / "prometheus/tests",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
 
 
 def test_a_file_no_longer_generated_is_reported_then_removed(tmp_path: Path) -> None:

@@ -324,6 +324,8 @@ class Threshold:
     unit: Literal["ratio", "seconds", "per_second", "count"]
     description: str
     warn: float | None = None
+    # Why this number: what the sample app measures broken and fixed, printed in the runbooks.
+    reason: str = ""
 
     def format(self, value: float | None = None) -> str:
         value = self.value if value is None else value

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collector.catalogue import slo
-from collector.catalogue.model import Alert, Tip
+from collector.catalogue.model import Alert, Threshold, Tip
 from collector.catalogue.rules import dashboard_url
 from collector.catalogue.tips import RULE_WINDOW, TIPS
 
@@ -12,6 +12,14 @@ FOLDER = "docs/runbooks"
 
 def _code(text: str) -> str:
     return f"```python\n{text}\n```"
+
+
+def _threshold(threshold: Threshold, role: str) -> str:
+    warn = (
+        f" (the doctor warns from {threshold.format(threshold.warn)})" if threshold.warn is not None else ""
+    )
+    line = f"- {role} `{threshold.name}` = **{threshold.format()}**{warn}: {threshold.description}"
+    return f"{line} {threshold.reason}" if threshold.reason else line
 
 
 def tip_page(tip: Tip, alert: Alert) -> str:
@@ -40,6 +48,13 @@ def tip_page(tip: Tip, alert: Alert) -> str:
         "```promql",
         check.promql(RULE_WINDOW),
         "```",
+        "",
+        "## Thresholds",
+        "",
+        "Set in `collector/catalogue/tips.py`; the alert, the doctor and this page read the same numbers.",
+        "",
+        _threshold(threshold, "Threshold"),
+        *([_threshold(check.guard.minimum, "Traffic guard")] if check.guard else []),
         "",
         "## Confirm it on the dashboard",
         "",

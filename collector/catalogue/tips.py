@@ -30,6 +30,8 @@ RUNBOOK_BASE_URL = "https://github.com/fastapi-collector/fastapi-collector/blob/
 TIPS_DASHBOARD_UID = "fastapi-ten-tips"
 # Grafana of the compose stack; a deployment changes it here.
 GRAFANA_URL = "http://localhost:3000"
+# The scrape job of the instrumented service in prometheus/prometheus.yml (dashboards' default job).
+SCRAPE_JOB = "fastapi"
 ALERT_PREFIX = "FastAPI"
 # The window of the recording rules the tip alerts read.
 RULE_WINDOW = "5m"
@@ -71,10 +73,10 @@ def _panel(tip: int, index: int, title: str, *signals: Signal, **kw: object) -> 
 # Tip 1: async/await --------------------------------------------------------------------------------
 SYNC_REQUEST_SHARE = Threshold(
     "sync_request_share",
-    0.25,
+    0.05,
     "ratio",
     "Share of a service's requests served by sync (def) handlers, which each hold a thread-pool token.",
-    warn=0.1,
+    warn=0.02,
 )
 SYNC_REQUESTS = Signal(
     "fastapi_requests_sync_handler",
@@ -640,7 +642,7 @@ TIP6 = Tip(
 
 # Tip 7: static files elsewhere ---------------------------------------------------------------------
 STATIC_RATE_MAX = Threshold(
-    "static_responses_per_second", 0.5, "per_second", "Static files served by the app per second.", warn=0.05
+    "static_responses_per_second", 0.1, "per_second", "Static files served by the app per second.", warn=0.01
 )
 STATIC_RATE = Signal(
     "fastapi_static_responses",
@@ -944,7 +946,7 @@ TIP9 = Tip(
 # Tip 10: profile before optimising -----------------------------------------------------------------
 SLOW_P99 = Threshold(
     "unexplained_p99_seconds",
-    1.0,
+    0.5,
     "seconds",
     "A route's p99 latency above which a slow request needs a profile.",
 )

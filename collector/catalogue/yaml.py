@@ -15,7 +15,7 @@ def _scalar(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
-        return f"{value:g}" if isinstance(value, float) else str(value)
+        return repr(value) if isinstance(value, float) else str(value)
     return json.dumps(str(value), ensure_ascii=False)
 
 
