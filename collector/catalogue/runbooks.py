@@ -19,7 +19,7 @@ def _threshold(threshold: Threshold, role: str) -> str:
         f" (the doctor warns from {threshold.format(threshold.warn)})" if threshold.warn is not None else ""
     )
     line = f"- {role} `{threshold.name}` = **{threshold.format()}**{warn}: {threshold.description}"
-    return f"{line} {threshold.reason}" if threshold.reason else line
+    return f"{line} Why this number: {threshold.reason}" if threshold.reason else line
 
 
 def tip_page(tip: Tip, alert: Alert) -> str:
