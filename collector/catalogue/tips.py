@@ -87,6 +87,8 @@ SYNC_REQUEST_SHARE = Threshold(
     reason=(
         "The sample's antipatterns mix sends about 10 % of its requests (1 of 10.1 weight) to a sync "
         "shipping quote; its fixed mix sends none (0 %). 5 % sits between with room both ways."
+        " End-to-end test on the shared 2-core machine (load average 13 to 15): 73 % broken (the "
+        "thread-pool bursts are sync), 0 % fixed."
     ),
 )
 SYNC_REQUESTS = Signal(
@@ -175,14 +177,14 @@ TIP1 = Tip(
 # Tip 2: reuse dependencies -------------------------------------------------------------------------
 RESOURCES_PER_REQUEST = Threshold(
     "resources_created_per_request",
-    0.01,
+    0.1,
     "count",
     "Engines, pools, connections or clients created per request; a process should create them once.",
-    warn=0.001,
+    warn=0.01,
     reason=(
-        "The sample's broken product page builds an engine and its first connection per request: about "
-        "0.1 to 0.27 per request of the antipatterns mix (0.27 at most in the end-to-end test); the fixed"
-        " mix creates none after start-up."
+        "The sample's broken product page builds an engine and its first connection per request: 0.34 per"
+        " request of the antipatterns mix in the end-to-end test. Its fixed mix still shows up to 0.03 in a"
+        " 20 s window while the shared pool opens its connections; 0.1 sits between."
     ),
 )
 RESOURCES_RATE = Signal(
@@ -275,6 +277,8 @@ VALIDATION_SHARE = Threshold(
         "Measured: the sample's nested 50-order list spends 12.2 % of its latency validating and "
         "serializing, its lean summary 1.0 %, and the heaviest fixed route (recent orders with lines) 4.2"
         " %. 8 % clears both; the article's 40 % needs far larger models than the sample's."
+        " End-to-end test on the shared 2-core machine (load average 13 to 15): 8.6 % on the nested list,"
+        " every fixed route under 4 %."
     ),
 )
 PYDANTIC_MEAN = Signal(
@@ -452,6 +456,7 @@ CACHE_HIT_RATIO = Threshold(
     reason=(
         "The sample's broken cache expires after 1 ms and hits 0 % of look-ups; the fixed one (5 minutes)"
         " hits all but the first per key, near 100 %."
+        " End-to-end test on the shared 2-core machine (load average 13 to 15): 0 % broken, 100 % fixed."
     ),
 )
 MIN_CACHE_TRAFFIC = Threshold(
@@ -537,6 +542,7 @@ N_PLUS_ONE_SHARE = Threshold(
     reason=(
         "Measured: every request of the sample's lazy-loading recent-orders route is an N+1 (100 %, 70 "
         "statements each); with selectinload none is (0 %, 3 statements)."
+        " End-to-end test on the shared 2-core machine (load average 13 to 15): 100 % broken, no N+1 fixed."
     ),
 )
 POOL_WAIT_P99 = Threshold(
@@ -549,6 +555,9 @@ POOL_WAIT_P99 = Threshold(
         "The sample's invoice holds the only connection of a one-connection pool for at least 20 ms: "
         "overlapping requests (the end-to-end test sends 6 at once) wait 20 ms per request ahead, p99 "
         "well above 50 ms; the right-sized pool's p99 stays near 0.1 ms (measured)."
+        " End-to-end test on the shared 2-core machine (load average 13 to 15): the one-connection pool's"
+        " p99 1 s broken; the fixed pool of 10 reached 0.79 s too, its connections held longer by starved"
+        " requests: a load artefact, not the tip."
     ),
 )
 N_PLUS_ONE = Signal(
@@ -695,6 +704,7 @@ STATIC_RATE_MAX = Threshold(
     reason=(
         "The sample's broken storefront makes the app serve 2 assets per page, about 0.26/s in the end-"
         "to-end test at 4 requests per second; the fixed page points at a CDN (0/s)."
+        " End-to-end test on the shared 2-core machine (load average 13 to 15): 0.48/s broken, 0/s fixed."
     ),
 )
 STATIC_RATE = Signal(
@@ -762,6 +772,9 @@ MIDDLEWARE_SHARE = Threshold(
         "Measured: the sample's account API spends 8.8 % of its latency in three BaseHTTPMiddleware "
         "layers and 2.1 % in the same three written as pure ASGI; other routes stay under 1.5 %. 5 % sits"
         " between; the article's 15 to 20 % is for heavier middleware than the sample's."
+        " End-to-end test on the shared 2-core machine (load average 13 to 15): 20 % on the broken "
+        "account API; fixed routes up to 15 % (time waiting for the loop counts as middleware time when "
+        "the machine is starved)."
     ),
 )
 MIDDLEWARE_MEAN = Signal(
@@ -854,6 +867,8 @@ STALLED_SHARE = Threshold(
         " end-to-end test's rate of that route; awaited in a thread it stalls nothing. A loaded machine "
         "starves the loop too (a CPU-bound thread holding the GIL shows as stalls), so the threshold "
         "stays well above 0."
+        " End-to-end test on the shared 2-core machine (load average 13 to 15): 29 % broken, 12 % fixed: "
+        "a starved process's heartbeat runs late too."
     ),
 )
 THREADPOOL_WAIT_P99 = Threshold(
@@ -866,6 +881,9 @@ THREADPOOL_WAIT_P99 = Threshold(
         "A burst of 90 sync requests of 50 ms on 2 workers x 40 tokens makes the last ones wait 50 ms or "
         "more (p99 0.24 s at the median in the end-to-end test on the loaded machine); async handlers "
         "take no token."
+        " End-to-end test on the shared 2-core machine (load average 13 to 15): p99 1 s broken, 0.096 s "
+        "fixed (async handlers take no token; the fixed wait is the to_thread calls of the fixed exchange"
+        " rate on a starved machine)."
     ),
 )
 STALLED = Signal(
@@ -1021,6 +1039,9 @@ SLOW_P99 = Threshold(
     reason=(
         "The SLO's latency threshold. Measured: the sample's quadratic recommendations take 1.7 to 3.3 s,"
         " its SQL version 0.16 to 0.39 s (sequential requests on the loaded machine)."
+        " End-to-end test on the shared 2-core machine (load average 13 to 15): recommendations p99 4.9 s"
+        " broken; fixed routes reached 0.99 s under the machine's load, so that run's fixed phase crossed"
+        " 0.5 s too."
     ),
 )
 BACKGROUND_P99 = Signal(
