@@ -44,12 +44,9 @@ STATIC_RESPONSES = name(metrics.STATIC_RESPONSES)
 STATIC_BYTES = name(metrics.STATIC_BYTES)
 PROFILES_CAPTURED = name(metrics.PROFILES_CAPTURED)
 COLLECTOR_ERRORS = name(metrics.COLLECTOR_ERRORS)
-
-# Being added to collector.metrics in parallel (SPEC's metric contract); switch each to
-# name(metrics.X) once it is declared there. Family names, without ``_total``.
-BACKGROUND_TASK_DURATION = "fastapi_background_task_duration_seconds"  # histogram, label route
-RESPONSES_INCOMPLETE = "fastapi_responses_incomplete"  # counter, labels route, reason
-REQUESTS_EXCLUDED = "fastapi_requests_excluded"  # counter, label path
+BACKGROUND_TASK_DURATION = name(metrics.BACKGROUND_TASK_DURATION)
+RESPONSES_INCOMPLETE = name(metrics.RESPONSES_INCOMPLETE)
+REQUESTS_EXCLUDED = name(metrics.REQUESTS_EXCLUDED)
 
 
 def latency_buckets() -> tuple[float, ...]:
