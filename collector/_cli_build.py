@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from collector import _dashboards, _kubernetes
 from collector.catalogue import names, rules, runbooks, slo, yaml
 from collector.catalogue.model import CatalogueError
 from collector.cli import CommandError
@@ -31,6 +32,7 @@ def runbook_pages() -> dict[str, str]:
 
 
 GENERATORS: list[Generator] = [prometheus_rules, runbook_pages]
+GENERATORS += [_dashboards.files, _kubernetes.files]
 
 
 def generate() -> dict[str, str]:
