@@ -62,10 +62,11 @@ def files() -> dict[str, str]:
     return {path(d): render(d) for d in built}
 
 
-def load(root: Path) -> list[Dashboard]:
-    """The committed dashboards under ``root`` (a repository), by file name."""
-    folder = root / DIRECTORY
+def load(folder: Path) -> list[Dashboard]:
+    """The dashboards in ``folder`` (``DIRECTORY`` of a repository), by file name."""
     try:
+        if not folder.is_dir():
+            raise FileNotFoundError(f"no such folder {folder}")
         names = sorted(folder.glob("*.json"))
         return [json.loads(p.read_text(encoding="utf-8")) for p in names]
     except (OSError, ValueError) as exc:
