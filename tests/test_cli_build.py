@@ -48,7 +48,9 @@ def test_a_fresh_build_writes_exactly_the_committed_files(tmp_path: Path) -> Non
     assert cli.main(["build", "--output", str(tmp_path)]) == 0
     written = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
     committed = sorted(
-        p.relative_to(ROOT) for d in ("prometheus/rules", "docs/runbooks") for p in (ROOT / d).iterdir()
+        p.relative_to(ROOT)
+        for d in ("prometheus/rules", "docs/runbooks", "dashboards/fastapi-collector", "deploy/kubernetes")
+        for p in (ROOT / d).iterdir()
     )
     assert written == committed
 
