@@ -334,6 +334,14 @@ def test_every_dashboard_query_runs_on_prometheus_and_the_key_ones_return_data(
     assert with_data >= KEY_PANELS, sorted(KEY_PANELS - with_data)
     assert ("fastapi-ten-tips", "variable route") not in empty
 
+    # One route chosen, as Grafana writes a single value into =~: the template's braces stay literal.
+    route_board = BY_UID["fastapi-route"]
+    for panel_id in (1, 2):
+        expr = target(route_board, panel_id)["expr"]
+        query = validate.substitute(expr, {**VALUES, "route": "/items/{item_id}"})
+        result = httpx.get(f"{url}/api/v1/query", params={"query": query}, timeout=30).json()
+        assert {s["metric"].get("route") for s in result["data"]["result"]} == {"/items/{item_id}"}
+
     latency = target(BY_UID[tips.TIPS_DASHBOARD_UID], tips.SLOW_PANEL.id)
     end = time.time()
     exemplars = httpx.get(

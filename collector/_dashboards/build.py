@@ -264,6 +264,8 @@ def row(title: str, panel_id: int) -> db.Row:
 
 def to_json(builder: Any) -> Dashboard:
     data: Dashboard = json.loads(json.dumps(builder.build(), cls=JSONEncoder))
+    for variable in data["templating"]["list"]:
+        del variable["id"]  # the SDK writes the same zero uuid for all; Grafana keys variables by name
     return data
 
 
