@@ -15,6 +15,7 @@ import argparse
 import os
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +56,9 @@ class Grafana:
         self.url = url.rstrip("/")
         self.api = GrafanaApi.from_url(self.url, credential=token, timeout=timeout)
 
-    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        """``None`` for 404; every other failure is a ``CommandError``."""
+    def call(self, what: str, request: Callable[..., Any], *args: Any) -> Any:
+        """``request(*args)`` (a grafana-client call, ``what`` names it); ``None`` for 404; every other
+        failure is a ``CommandError``."""
         from grafana_client.client import (
             GrafanaClientError,
             GrafanaException,
@@ -65,9 +67,8 @@ class Grafana:
         )
         from niquests.exceptions import RequestException
 
-        request = getattr(self.api.client, method)
         try:
-            return request(path, json=body) if body is not None else request(path)
+            return request(*args)
         except GrafanaUnauthorizedError:
             raise CommandError(
                 f"Grafana at {self.url} refused the credentials (401): pass a service-account token with "
@@ -78,22 +79,23 @@ class Grafana:
                 return None
             if exc.status_code == 403:
                 raise CommandError(
-                    f"Grafana at {self.url} forbids {method} {path} (403): the token needs the Editor "
+                    f"Grafana at {self.url} forbids {what} (403): the token needs the Editor "
                     "role (create folders and dashboards)"
                 ) from None
-            raise CommandError(f"Grafana at {self.url} answered {method} {path}: {exc.message}") from None
+            raise CommandError(f"Grafana at {self.url} refused {what}: {exc.message}") from None
         except GrafanaTimeoutError:
             raise CommandError(f"cannot reach Grafana at {self.url}: timed out") from None
         except GrafanaException as exc:
-            raise CommandError(f"Grafana at {self.url} failed on {method} {path}: {exc.message}") from None
+            raise CommandError(f"Grafana at {self.url} failed {what}: {exc.message}") from None
         except (RequestException, OSError) as exc:
             raise CommandError(f"cannot reach Grafana at {self.url}: {_reason(exc)}") from None
         except ValueError:
-            raise CommandError(f"{self.url} does not answer {path} as Grafana does (not JSON)") from None
+            raise CommandError(f"{self.url} does not answer {what} as Grafana does (not JSON)") from None
 
 
 def check_version(grafana: Grafana) -> str:
-    health = grafana.call("GET", "/health")
+    # /api/health answers without credentials, so an old Grafana is named before any 401.
+    health = grafana.call("the health check", grafana.api.client.GET, "/health")
     version = str(health.get("version", "")) if isinstance(health, dict) else ""
     if not version:
         raise CommandError(f"{grafana.url} does not answer /api/health as Grafana does")
@@ -108,9 +110,9 @@ def check_version(grafana: Grafana) -> str:
 def ensure_folder(grafana: Grafana, title: str) -> tuple[str, bool]:
     """The folder's uid, and whether it was created now."""
     uid = _slug(title)
-    if grafana.call("GET", f"/folders/{uid}") is not None:
+    if grafana.call("reading folders", grafana.api.folder.get_folder, uid) is not None:
         return uid, False
-    grafana.call("POST", "/folders", {"title": title, "uid": uid})
+    grafana.call("creating folders", grafana.api.folder.create_folder, title, uid)
     return uid, True
 
 
@@ -120,7 +122,7 @@ def _comparable(dashboard: dict[str, Any]) -> dict[str, Any]:
 
 def upload(grafana: Grafana, dashboard: dict[str, Any], folder: str) -> bool:
     """Upload unless Grafana holds exactly this dashboard in this folder; True when uploaded."""
-    current = grafana.call("GET", f"/dashboards/uid/{dashboard['uid']}")
+    current = grafana.call("reading dashboards", grafana.api.dashboard.get_dashboard, dashboard["uid"])
     if (
         isinstance(current, dict)
         and _comparable(current.get("dashboard") or {}) == _comparable(dashboard)
@@ -133,13 +135,13 @@ def upload(grafana: Grafana, dashboard: dict[str, Any], folder: str) -> bool:
         "overwrite": True,
         "message": MESSAGE,
     }
-    grafana.call("POST", "/dashboards/db", body)
+    grafana.call("saving dashboards", grafana.api.dashboard.update_dashboard, body)
     return True
 
 
 def datasource_advice(grafana: Grafana) -> str | None:
     uid = _dashboards.PROMETHEUS_UID
-    found = grafana.call("GET", f"/datasources/uid/{uid}")
+    found = grafana.call("reading datasources", grafana.api.datasource.get_datasource_by_uid, uid)
     if isinstance(found, dict) and found.get("type") == "prometheus":
         return None
     what = f"is a {found.get('type')} datasource" if isinstance(found, dict) else "does not exist"
