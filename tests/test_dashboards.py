@@ -351,3 +351,41 @@ def test_every_dashboard_query_runs_on_prometheus_and_the_key_ones_return_data(
     ).json()
     labels = [e["labels"] for series in exemplars["data"] for e in series["exemplars"]]
     assert labels and all(_dashboards.EXEMPLAR_LABEL in label for label in labels)
+
+
+def test_the_alert_state_panel_reads_firing_as_2_pending_as_1_and_quiet_as_0(tmp_path: Path) -> None:
+    state = {
+        tip.number: target(BY_UID[tips.TIPS_DASHBOARD_UID], tip.number * 100 + 99)["expr"]
+        for tip in tips.TIPS
+    }
+    values = {"job": "shop"}
+    series = [
+        ('ALERTS{alertname="FastAPITip9EventLoopBlocked",alertstate="firing",tip="9",job="shop"}', "1x5"),
+        ('ALERTS{alertname="FastAPITip6NPlusOne",alertstate="pending",tip="6",job="shop",route="/a"}', "1x5"),
+        ('ALERTS{alertname="FastAPITip1SyncHandlersHot",alertstate="firing",tip="1",job="other"}', "1x5"),
+    ]
+    expected = {9: 2, 6: 1, 1: 0, 5: 0}
+    tests = [
+        {
+            "expr": validate.substitute(state[number], values),
+            "eval_time": "2m",
+            "exp_samples": [{"labels": "{}", "value": value}],
+        }
+        for number, value in expected.items()
+    ]
+    (tmp_path / "empty.yml").write_text("groups: []\n")
+    case = {
+        "rule_files": ["empty.yml"],
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [{"series": s, "values": v} for s, v in series],
+                "promql_expr_test": tests,
+            }
+        ],
+    }
+    (tmp_path / "test.yml").write_text(yaml.safe_dump(case))
+    result = subprocess.run(
+        ["promtool", "test", "rules", "test.yml"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
