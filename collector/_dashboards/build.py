@@ -35,7 +35,6 @@ from collector.catalogue.model import (
     Signal,
     Tip,
     Total,
-    ratio,
 )
 
 WINDOW = "$__rate_interval"
@@ -60,9 +59,9 @@ def _has_route(expr: Expr) -> bool:
     return all("route" in leaf.by or "route" in LABELS.get(leaf.metric, ()) for leaf in _leaves(expr))
 
 
-def matchers(expr: Expr, route: bool = True) -> tuple[Matcher, ...]:
+def matchers(expr: Expr) -> tuple[Matcher, ...]:
     common: tuple[Matcher, ...] = (("job", "=~", "$job"), ("instance", "=~", "$instance"))
-    return (*common, ("route", "=~", "$route")) if route and _has_route(expr) else common
+    return (*common, ("route", "=~", "$route")) if _has_route(expr) else common
 
 
 def _legend(expr: Expr) -> str:
@@ -258,10 +257,6 @@ def dashboard(uid: str, title: str, description: str, tags: Sequence[str], route
     return builder
 
 
-def row(title: str, panel_id: int) -> db.Row:
-    return db.Row(title).id(panel_id)
-
-
 def to_json(builder: Any) -> Dashboard:
     data: Dashboard = json.loads(json.dumps(builder.build(), cls=JSONEncoder))
     for variable in data["templating"]["list"]:
@@ -285,7 +280,7 @@ def ten_tips() -> Dashboard:
         )
     )
     for tip in tips.TIPS:
-        board = board.with_row(row(f"Tip {tip.number}: {tip.title}", tip.number * 100))
+        board = board.with_row(db.Row(f"Tip {tip.number}: {tip.title}").id(tip.number * 100))
         board = board.with_panel(alert_state(tip))
         for index, spec in enumerate(tip.panels):
             board = board.with_panel(panel(spec, width=10 if index < 2 else 8))
@@ -313,34 +308,21 @@ def slo_view() -> Dashboard:
     return to_json(board)
 
 
-def _signal(name: str, expr: Expr, unit: str, description: str) -> Signal:
-    return Signal(name, expr, unit, description)
-
-
 def _quantiles(metric: str, by: tuple[str, ...], unit: str, what: str) -> tuple[Signal, ...]:
     return tuple(
-        _signal(metric, Quantile(q, metric, by=by), unit, f"{round(q * 100)}th percentile of {what}.")
+        Signal(metric, Quantile(q, metric, by=by), unit, f"{round(q * 100)}th percentile of {what}.")
         for q in (0.5, 0.9, 0.99)
     )
 
 
 def route_view() -> Dashboard:
-    by_status = _signal(
+    by_status = Signal(
         "fastapi_requests",
         Counter(n.REQUESTS, "_count", by=("route", "status")),
         "reqps",
         "Requests per second by route and status.",
     )
-    errors = _signal(
-        "fastapi_requests_errors",
-        ratio(
-            Counter(n.REQUESTS, "_count", (("status", "=~", "5.."),), ("route",)),
-            Counter(n.REQUESTS, "_count", by=("route",)),
-        ),
-        "percentunit",
-        "Share of the route's requests answered 5xx.",
-    )
-    in_progress = _signal(
+    in_progress = Signal(
         "fastapi_requests_in_progress",
         Gauge(REQUESTS_IN_PROGRESS, by=("route",)),
         "short",
@@ -354,7 +336,7 @@ def route_view() -> Dashboard:
             _quantiles(n.REQUESTS, ("route",), "s", "request latency"),
             "Exemplars link to traces.",
         ),
-        Panel(3, "Error ratio", (errors,), "5xx over all requests."),
+        Panel(3, "Error ratio", (slo.ERROR_RATIO,), "5xx over all requests."),
         Panel(4, "Requests in progress", (in_progress,), "Concurrency per route."),
         Panel(5, "Validation and serialization share", (tips.PYDANTIC_SHARE,), "Tip 3."),
         Panel(6, "Middleware share", (tips.MIDDLEWARE_RATIO,), "Tip 8."),
@@ -379,7 +361,7 @@ def route_view() -> Dashboard:
 
 
 def database_view() -> Dashboard:
-    checked_out = _signal(
+    connections = Signal(
         "fastapi_db_pool_connections",
         Gauge(n.DB_POOL_CONNECTIONS, by=("pool", "state")),
         "short",
@@ -397,7 +379,7 @@ def database_view() -> Dashboard:
         Panel(
             3, "Connection pool wait p99", (tips.POOL_WAIT,), "Per pool.", thresholds=(tips.POOL_WAIT_P99,)
         ),
-        Panel(4, "Pool connections", (checked_out,), "Size, checked out and overflow per pool."),
+        Panel(4, "Pool connections", (connections,), "Size, checked out and overflow per pool."),
         Panel(
             5,
             "Statement duration",
@@ -418,7 +400,7 @@ def database_view() -> Dashboard:
 
 
 def runtime_view() -> Dashboard:
-    tokens = _signal(
+    tokens = Signal(
         "fastapi_threadpool_tokens",
         Gauge(n.THREADPOOL_TOKENS, by=("instance", "state")),
         "short",
