@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 SUBCOMMANDS: tuple[str, ...] = ("collector._cli_build",)
+SUBCOMMANDS += ("collector._cli_grafana",)
 
 
 class CommandError(Exception):

@@ -49,7 +49,13 @@ def test_a_fresh_build_writes_exactly_the_committed_files(tmp_path: Path) -> Non
     written = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
     committed = sorted(
         p.relative_to(ROOT)
-        for d in ("prometheus/rules", "prometheus/tests", "docs/runbooks")
+        for d in (
+            "prometheus/rules",
+            "prometheus/tests",
+            "docs/runbooks",
+            "dashboards/fastapi-collector",
+            "deploy/kubernetes",
+        )
         for p in (ROOT / d).iterdir()
     )
     assert written == committed
