@@ -6,9 +6,12 @@ collector.instrument(app)
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
-from collector import fastapi_hooks, resources, routes, static, threadpool, tracing
+from collector import _patches, fastapi_hooks, resources, routes, static, threadpool, tracing
+from collector._asyncpg import instrument_asyncpg, uninstrument_asyncpg
+from collector._psycopg import instrument_psycopg, uninstrument_psycopg
 from collector.asgi import CollectorMiddleware
 from collector.cache import (
     CacheHeaderMiddleware,
@@ -29,18 +32,23 @@ __all__ = [
     "ConfigError",
     "Settings",
     "instrument",
+    "instrument_asyncpg",
     "instrument_cashews",
     "instrument_engine",
+    "instrument_psycopg",
     "instrument_redis",
     "record_cache",
     "track_cache",
     "uninstrument",
+    "uninstrument_asyncpg",
     "uninstrument_cashews",
     "uninstrument_engine",
+    "uninstrument_psycopg",
     "uninstrument_redis",
 ]
 
 _ATTR = "_collector_runtime"
+_apps: weakref.WeakSet[Any] = weakref.WeakSet()  # instrumented and not yet uninstrumented
 
 
 def instrument(app: Any, **settings: Any) -> Runtime | None:
@@ -71,6 +79,7 @@ def instrument(app: Any, **settings: Any) -> Runtime | None:
             routes.on_route_exit.append(tracing.annotate)
     runtime = Runtime(app, config, with_tracing)
     setattr(app, _ATTR, runtime)
+    _apps.add(app)
     routes.install_hooks()
     threadpool.install()
     start_metrics_port(config)
@@ -90,13 +99,21 @@ def instrument(app: Any, **settings: Any) -> Runtime | None:
 
 
 def uninstrument(app: Any) -> None:
-    """Detach from ``app``: its next stack build no longer has the collector."""
+    """Detach from ``app``: its next stack build no longer has the collector.
+
+    Uninstrumenting the last instrumented app undoes every change the collector made in the
+    process, newest first (its patch ledger): engines, drivers and caches instrumented on
+    their own included, so the interpreter is as it was before the first ``instrument``.
+    """
     runtime: Runtime | None = getattr(app, _ATTR, None)
     if runtime is None:
         return
     delattr(app, _ATTR)
+    _apps.discard(app)
     fastapi_hooks.uninstall()
     resources.uninstall()
     static.uninstall()
     app.__dict__.pop("build_middleware_stack", None)
     app.middleware_stack = None
+    if not _apps:
+        _patches.undo_all()
