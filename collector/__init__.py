@@ -116,4 +116,5 @@ def uninstrument(app: Any) -> None:
     app.__dict__.pop("build_middleware_stack", None)
     app.middleware_stack = None
     if not _apps:
+        routes.remove_hooks()  # not yet in the ledger
         _patches.undo_all()

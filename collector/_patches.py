@@ -41,6 +41,8 @@ class Patch:
         return self.undo_fn is None
 
     def describe(self) -> str:
+        if self.undo_fn is not None:
+            return f"{self.component}: {self.name}"
         owner = getattr(self.owner, "__qualname__", None) or getattr(self.owner, "__name__", None)
         return f"{self.component}: {owner or type(self.owner).__name__}.{self.name}"
 

@@ -60,8 +60,11 @@ def test_queue_wait_is_the_time_spent_waiting_for_a_token() -> None:
         return next(s.value for s in THREADPOOL_QUEUE.collect()[0].samples if s.name.endswith("_sum"))
 
     threadpool.install()
-    before = total_wait()
-    anyio.run(main)
-    waited = total_wait() - before
+    try:
+        before = total_wait()
+        anyio.run(main)
+        waited = total_wait() - before
+    finally:
+        threadpool.uninstall()
     # With one token, the second call waits ~0.2 s and the third ~0.4 s.
     assert 0.5 <= waited <= 0.9
