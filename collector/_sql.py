@@ -467,13 +467,18 @@ class Pools:
         return wait
 
     def refresh(self) -> None:
+        totals: dict[str, list[int]] = {}  # pools sharing a label are summed
         for key, (pool, name) in list(self.pools.items()):
             if self.closed(pool):
                 del self.pools[key], self.labels[key]
                 self._remove(name)
                 continue
             size, checked_out, idle = self.read(pool)
-            for state, number in zip(POOL_STATES, (size, checked_out, 0, idle), strict=True):
+            total = totals.setdefault(name, [0, 0, 0, 0])
+            for index, number in enumerate((size, checked_out, 0, idle)):
+                total[index] += number
+        for name, total in totals.items():
+            for state, number in zip(POOL_STATES, total, strict=True):
                 DB_POOL_CONNECTIONS.labels(name, state).set(number)
 
     def clear(self) -> None:
