@@ -38,7 +38,7 @@ from collector.settings import load
 __all__ = ["instrument_asyncpg", "uninstrument_asyncpg"]
 
 COMPONENT = "asyncpg"
-SUPPORTED = ((0, 29), (1, 0))
+SUPPORTED = ((0, 30), (1, 0))  # get_reset_query, which tells the pool's reset apart, is 0.30
 # What asyncpg's Transaction sends through Connection.execute; the pool's reset is told by identity.
 _TRANSACTION = ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE SAVEPOINT")
 

@@ -153,7 +153,7 @@ def test_instrumenting_twice_patches_once_and_uninstrument_restores_asyncpg() ->
 def test_an_unsupported_asyncpg_fails_at_attach_time_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(asyncpg, "__version__", "0.27.0")
     with pytest.raises(
-        RuntimeError, match=r"^collector.instrument_asyncpg supports asyncpg >=0\.29,<1\.0, found 0\.27\.0$"
+        RuntimeError, match=r"^collector.instrument_asyncpg supports asyncpg >=0\.30,<1\.0, found 0\.27\.0$"
     ):
         collector.instrument_asyncpg()
     assert _patches.active() == []
