@@ -23,7 +23,6 @@ Every wrapper is in the patch ledger (component ``asyncpg``); asyncpg is importe
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Callable
 from time import perf_counter
 from typing import Any
@@ -33,7 +32,6 @@ from collector import _faults, _patches, _sql
 from collector._sql import batch as _batch
 from collector._sql import once as _once
 from collector.metrics import RESOURCES_CREATED
-from collector.settings import load
 
 __all__ = ["instrument_asyncpg", "uninstrument_asyncpg"]
 
@@ -41,15 +39,6 @@ COMPONENT = "asyncpg"
 SUPPORTED = ((0, 30), (1, 0))  # get_reset_query, which tells the pool's reset apart, is 0.30
 # What asyncpg's Transaction sends through Connection.execute; the pool's reset is told by identity.
 _TRANSACTION = ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE SAVEPOINT")
-
-
-class _Settings(_sql.Thresholds):
-    name: str | None = None
-
-
-def _version(text: str) -> tuple[int, int]:
-    major, minor = (int(part) for part in re.findall(r"\d+", text)[:2])
-    return major, minor
 
 
 def _first_argument(self: Any, query: Any, *args: Any, **kwargs: Any) -> str | None:
@@ -105,13 +94,8 @@ def _targets(asyncpg: Any) -> list[tuple[Any, str, Callable[..., str | None], Ca
 
 
 def _check(asyncpg: Any) -> None:
-    low, high = SUPPORTED
     version = getattr(asyncpg, "__version__", "0")
-    if not low <= _version(version) < high:
-        raise RuntimeError(
-            f"collector.instrument_asyncpg supports asyncpg >={low[0]}.{low[1]},<{high[0]}.{high[1]}, "
-            f"found {version}"
-        )
+    _sql.check_version("instrument_asyncpg", "asyncpg", version, SUPPORTED)
     missing = [
         f"{owner.__name__}.{name}"
         for owner, name, _, _ in _targets(asyncpg)
@@ -131,8 +115,8 @@ def _check(asyncpg: Any) -> None:
 
 
 def _label(pool: Any) -> str:
-    if _Settings.name is not None:
-        return _Settings.name
+    if _driver.name is not None:
+        return _driver.name
     args = getattr(pool, "_connect_args", None) or ()
     options = getattr(pool, "_connect_kwargs", None) or {}
     host: Any = None
@@ -157,14 +141,14 @@ def _closed(pool: Any) -> bool:
     return bool(pool.is_closing())
 
 
-_pools = _sql.Pools(_read, _closed)
+_driver = _sql.Driver(COMPONENT, _read, _closed)
 
 
 def _timed_acquire(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     async def _acquire(self: Any, timeout: Any) -> Any:
         try:
-            wait = _pools.wait(self, _label)
+            wait = _driver.pools.wait(self, _label)
         except Exception as exc:
             _faults.record("database", exc)
             return await original(self, timeout)
@@ -194,12 +178,6 @@ def _counting_connections(original: Callable[..., None]) -> Callable[..., None]:
     return __init__
 
 
-def _forget() -> None:
-    _sql.drivers -= 1
-    _pools.clear()
-    _Settings.name = None
-
-
 def instrument_asyncpg(
     *,
     name: str | None = None,
@@ -217,32 +195,22 @@ def instrument_asyncpg(
     _check(asyncpg)
     if _patches.active(COMPONENT):
         return
-    overrides: dict[str, Any] = {}
-    if n_plus_one_threshold is not None:
-        overrides["n_plus_one_threshold"] = n_plus_one_threshold
-    if slow_query_threshold is not None:
-        overrides["slow_query_threshold"] = slow_query_threshold
-    settings = load(**overrides)
+    settings = _sql.settings(n_plus_one_threshold, slow_query_threshold)
     if not settings.enabled:
         return
-    _Settings.threshold = settings.n_plus_one_threshold
-    _Settings.slow_seconds = settings.slow_query_threshold
-    _Settings.name = name
-    _sql.drivers += 1
-    _patches.record(COMPONENT, "asyncpg pools and settings", _forget)  # undone last: state follows
+    _driver.begin(settings, name)
     for owner, method, statement_of, executed in _targets(asyncpg):
         _patches.replace(
             COMPONENT,
             owner,
             method,
-            _sql.timed_async(getattr(owner, method), statement_of, executed, _Settings),
+            _sql.timed_async(getattr(owner, method), statement_of, executed, _driver),
         )
     pool = asyncpg.pool.Pool
     _patches.replace(COMPONENT, pool, "_acquire", _timed_acquire(pool._acquire))
     connection = asyncpg.connection.Connection
     _patches.replace(COMPONENT, connection, "__init__", _counting_connections(connection.__init__))
-    _sql.attach(COMPONENT, _pools.refresh)
-    _patches.record(COMPONENT, "statement source", lambda: _sql.detach(COMPONENT))
+    _driver.end()
 
 
 def uninstrument_asyncpg() -> None:

@@ -21,7 +21,6 @@ Every wrapper is in the patch ledger (component ``psycopg``); psycopg is importe
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Callable
 from time import perf_counter
 from typing import Any
@@ -29,22 +28,12 @@ from typing import Any
 from collector import _faults, _patches, _sql
 from collector._sql import batch, once
 from collector.metrics import RESOURCES_CREATED
-from collector.settings import load
 
 __all__ = ["instrument_psycopg", "uninstrument_psycopg"]
 
 COMPONENT = "psycopg"
 SUPPORTED = ((3, 1), (4, 0))
 POOL_SUPPORTED = ((3, 2), (4, 0))
-
-
-class _Settings(_sql.Thresholds):
-    name: str | None = None
-
-
-def _version(text: str) -> tuple[int, int]:
-    major, minor = (int(part) for part in re.findall(r"\d+", text)[:2])
-    return major, minor
 
 
 def _statement(self: Any, query: Any, *args: Any, **kwargs: Any) -> str | None:
@@ -79,13 +68,8 @@ def _targets(psycopg: Any) -> list[tuple[Any, str, Callable[..., Any]]]:
 
 
 def _check(psycopg: Any) -> None:
-    low, high = SUPPORTED
     version = getattr(psycopg, "__version__", "0")
-    if not low <= _version(version) < high:
-        raise RuntimeError(
-            f"collector.instrument_psycopg supports psycopg >={low[0]}.{low[1]},<{high[0]}.{high[1]}, "
-            f"found {version}"
-        )
+    _sql.check_version("instrument_psycopg", "psycopg", version, SUPPORTED)
     try:
         missing = [f"{cls.__name__}.{name}" for cls, name, _ in _targets(psycopg) if name not in vars(cls)]
     except AttributeError as exc:
@@ -108,13 +92,8 @@ def _pool_classes() -> list[Any]:
         import psycopg_pool
     except ImportError:
         return []
-    low, high = POOL_SUPPORTED
     version = getattr(psycopg_pool, "__version__", "0")
-    if not low <= _version(version) < high:
-        raise RuntimeError(
-            f"collector.instrument_psycopg supports psycopg_pool >={low[0]}.{low[1]},<{high[0]}.{high[1]}, "
-            f"found {version}"
-        )
+    _sql.check_version("instrument_psycopg", "psycopg_pool", version, POOL_SUPPORTED)
     return [psycopg_pool.ConnectionPool, psycopg_pool.AsyncConnectionPool]
 
 
@@ -122,8 +101,8 @@ def _pool_classes() -> list[Any]:
 
 
 def _label(pool: Any) -> str:
-    if _Settings.name is not None:
-        return _Settings.name
+    if _driver.name is not None:
+        return _driver.name
     from psycopg.conninfo import conninfo_to_dict
 
     params = conninfo_to_dict(pool.conninfo, **(pool.kwargs or {}))
@@ -140,12 +119,12 @@ def _closed(pool: Any) -> bool:
     return bool(pool.closed)
 
 
-_pools = _sql.Pools(_read, _closed)
+_driver = _sql.Driver(COMPONENT, _read, _closed)
 
 
 def _wait_of(pool: Any) -> Callable[[float], None] | None:
     try:
-        return _pools.wait(pool, _label)
+        return _driver.pools.wait(pool, _label)
     except Exception as exc:
         _faults.record("database", exc)
         return None
@@ -199,12 +178,6 @@ def _counting_connections(original: Callable[..., None]) -> Callable[..., None]:
     return __init__
 
 
-def _forget() -> None:
-    _sql.drivers -= 1
-    _pools.clear()
-    _Settings.name = None
-
-
 def instrument_psycopg(
     *,
     name: str | None = None,
@@ -223,29 +196,19 @@ def instrument_psycopg(
     pools = _pool_classes()
     if _patches.active(COMPONENT):
         return
-    overrides: dict[str, Any] = {}
-    if n_plus_one_threshold is not None:
-        overrides["n_plus_one_threshold"] = n_plus_one_threshold
-    if slow_query_threshold is not None:
-        overrides["slow_query_threshold"] = slow_query_threshold
-    settings = load(**overrides)
+    settings = _sql.settings(n_plus_one_threshold, slow_query_threshold)
     if not settings.enabled:
         return
-    _Settings.threshold = settings.n_plus_one_threshold
-    _Settings.slow_seconds = settings.slow_query_threshold
-    _Settings.name = name
-    _sql.drivers += 1
-    _patches.record(COMPONENT, "psycopg pools and settings", _forget)  # undone last: state follows
+    _driver.begin(settings, name)
     for cls, method, wrap in _targets(psycopg):
-        wrapper = wrap(getattr(cls, method), statement_of=_statement, limits=_Settings)
+        wrapper = wrap(getattr(cls, method), statement_of=_statement, limits=_driver)
         _patches.replace(COMPONENT, cls, method, wrapper)
     for pool in pools:
         timed = _timed_getconn_async if "Async" in pool.__name__ else _timed_getconn
         _patches.replace(COMPONENT, pool, "getconn", timed(pool.getconn))
     base = _connection_base(psycopg)
     _patches.replace(COMPONENT, base, "__init__", _counting_connections(base.__init__))
-    _sql.attach(COMPONENT, _pools.refresh)
-    _patches.record(COMPONENT, "statement source", lambda: _sql.detach(COMPONENT))
+    _driver.end()
 
 
 def uninstrument_psycopg() -> None:

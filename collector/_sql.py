@@ -47,6 +47,7 @@ from collector.metrics import (
     DB_SLOW_QUERIES,
     REFRESHERS,
 )
+from collector.settings import Settings, load
 
 __all__ = ["Statement", "attach", "count", "detach", "fingerprint", "finish"]
 
@@ -294,11 +295,57 @@ def _report_n_plus_one(ctx: RequestContext, route: str, repeated: list[tuple[str
 # **kwargs)`` (None: not counted), ``executed(*args)`` times in one round trip.
 
 
-class Thresholds:
-    """A raw driver's thresholds, set by its ``instrument_*``."""
+class Driver:
+    """A raw driver's state (thresholds, pool label, pools), reset when its ledger component is undone."""
 
-    threshold = 5
-    slow_seconds = 0.5
+    def __init__(
+        self, component: str, read: Callable[[Any], tuple[int, int, int]], closed: Callable[[Any], bool]
+    ) -> None:
+        self.component = component
+        self.threshold = 5
+        self.slow_seconds = 0.5
+        self.name: str | None = None  # the pool label the app chose
+        self.pools = Pools(read, closed)
+
+    def begin(self, settings: Settings, name: str | None) -> None:
+        """Before the driver's patches: its state, undone last."""
+        global drivers
+        self.threshold = settings.n_plus_one_threshold
+        self.slow_seconds = settings.slow_query_threshold
+        self.name = name
+        drivers += 1
+        _patches.record(self.component, "driver state", self._forget)
+
+    def end(self) -> None:
+        """After the driver's patches: it reports statements and pools from now on."""
+        attach(self.component, self.pools.refresh)
+        _patches.record(self.component, "statement source", functools.partial(detach, self.component))
+
+    def _forget(self) -> None:
+        global drivers
+        drivers -= 1
+        self.pools.clear()
+        self.name = None
+
+
+def settings(n_plus_one_threshold: int | None, slow_query_threshold: float | None) -> Settings:
+    """The settings of an ``instrument_*`` call: its keywords over ``COLLECTOR_*`` variables."""
+    overrides: dict[str, Any] = {}
+    if n_plus_one_threshold is not None:
+        overrides["n_plus_one_threshold"] = n_plus_one_threshold
+    if slow_query_threshold is not None:
+        overrides["slow_query_threshold"] = slow_query_threshold
+    return load(**overrides)
+
+
+def check_version(call: str, package: str, version: str, supported: tuple[tuple[int, int], ...]) -> None:
+    """One line, at attach time, for a driver version outside ``supported`` (lowest, first unsupported)."""
+    low, high = supported
+    numbers = [int(part) for part in re.findall(r"\d+", version)[:2]]
+    if len(numbers) < 2 or not low <= (numbers[0], numbers[1]) < high:
+        raise RuntimeError(
+            f"collector.{call} supports {package} >={low[0]}.{low[1]},<{high[0]}.{high[1]}, found {version}"
+        )
 
 
 def once(*args: Any) -> int:
@@ -319,7 +366,7 @@ def _begin(
     kwargs: Any,
     statement_of: Callable[..., str | None],
     executed: Callable[..., int],
-    limits: type[Thresholds],
+    limits: Driver,
 ) -> Statement | None:
     if in_engine.get():
         return None
@@ -335,7 +382,7 @@ def timed_async(
     original: Callable[..., Any],
     statement_of: Callable[..., str | None],
     executed: Callable[..., int],
-    limits: type[Thresholds],
+    limits: Driver,
 ) -> Callable[..., Any]:
     @functools.wraps(original)
     async def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -355,7 +402,7 @@ def timed_sync(
     original: Callable[..., Any],
     statement_of: Callable[..., str | None],
     executed: Callable[..., int],
-    limits: type[Thresholds],
+    limits: Driver,
 ) -> Callable[..., Any]:
     @functools.wraps(original)
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -375,7 +422,7 @@ def counted(
     original: Callable[..., Any],
     statement_of: Callable[..., str | None],
     executed: Callable[..., int],
-    limits: type[Thresholds],
+    limits: Driver,
 ) -> Callable[..., Any]:
     """For a method that hands back a stream or a copy context: counted when called, not timed."""
 

@@ -52,7 +52,6 @@ from collector import _faults, _patches, _sql
 from collector._sql import POOL_STATES, fingerprint
 from collector._updates import observer
 from collector.metrics import DB_POOL_CONNECTIONS, DB_POOL_WAIT, RESOURCES_CREATED
-from collector.settings import load
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -320,12 +319,7 @@ def instrument_engine(
     sync = _sync_engine(engine)
     if sync in _engines:
         return
-    overrides: dict[str, Any] = {}
-    if n_plus_one_threshold is not None:
-        overrides["n_plus_one_threshold"] = n_plus_one_threshold
-    if slow_query_threshold is not None:
-        overrides["slow_query_threshold"] = slow_query_threshold
-    settings = load(**overrides)
+    settings = _sql.settings(n_plus_one_threshold, slow_query_threshold)
     if not settings.enabled:
         return
     hooks = _EngineHooks(
