@@ -21,13 +21,14 @@ def test_tokens_rise_under_concurrent_sync_requests(serve: Any) -> None:
     assert value(server.metrics(), "fastapi_threadpool_tokens", state="total") == 40
     concurrent = 8
     threads = [
-        threading.Thread(target=server.get, args=("/sync-sleep",), kwargs={"params": {"seconds": 1.0}})
+        # long enough for all of them to be in flight together on a loaded machine
+        threading.Thread(target=server.get, args=("/sync-sleep",), kwargs={"params": {"seconds": 4.0}})
         for _ in range(concurrent)
     ]
     for t in threads:
         t.start()
     peak = 0.0
-    deadline = time.monotonic() + 3
+    deadline = time.monotonic() + 8
     while time.monotonic() < deadline and peak < concurrent:
         peak = max(peak, value(server.metrics(), "fastapi_threadpool_tokens", state="borrowed"))
         time.sleep(0.05)
