@@ -1,5 +1,8 @@
 """The app variants the overhead benchmark serves: one endpoint, bare twice and instrumented four ways.
 
+The realistic scenario also runs on raw asyncpg (``bare_asyncpg``, ``collector_asyncpg``), whose
+ratio is paired with ``bare_asyncpg`` (``BASELINE``), beside the SQLAlchemy variants.
+
 Served with ``uvicorn --app-dir benchmarks apps:create_app --factory``; the variant and the
 scenario come from ``BENCH_VARIANT`` and ``BENCH_SCENARIO`` so that every server runs the
 same module. ``GET /_bench`` tells the driver what the server really set up.
@@ -22,7 +25,12 @@ VARIANTS: dict[str, str] = {
     "collector_tracing": "collector.instrument(app), tracing on, 100 % sampled, spans to a counting exporter",
     "instrumentator": "prometheus-fastapi-instrumentator: Instrumentator().instrument(app).expose(app)",
     "otel": "opentelemetry-instrumentation-fastapi defaults, SDK TracerProvider, counting exporter",
+    "bare_asyncpg": "FastAPI, no instrumentation; the realistic endpoint's queries on a raw asyncpg pool",
+    "collector_asyncpg": "bare_asyncpg with collector.instrument(app) and collector.instrument_asyncpg()",
 }
+
+# The variant each one's ratio is paired with, round by round (bare FastAPI unless named here).
+BASELINE: dict[str, str] = {"collector_asyncpg": "bare_asyncpg"}
 
 # Environment of each variant's server, on top of the driver's own.
 VARIANT_ENV: dict[str, dict[str, str]] = {
@@ -32,6 +40,8 @@ VARIANT_ENV: dict[str, dict[str, str]] = {
     "collector_tracing": {"COLLECTOR_TRACING": "on", "COLLECTOR_TRACE_SAMPLE_RATIO": "1.0"},
     "instrumentator": {},
     "otel": {},
+    "bare_asyncpg": {},
+    "collector_asyncpg": {"COLLECTOR_TRACING": "off"},
 }
 
 SCENARIOS = ("trivial", "realistic")
@@ -132,6 +142,19 @@ def _add_realistic_route(app: FastAPI, engine: Any) -> None:
         return Item(id=row.id, name=row.name, price=row.price, tags=list(tags))
 
 
+def _add_realistic_asyncpg_route(app: FastAPI, pools: dict[str, Any]) -> None:
+    """The realistic endpoint's two queries through raw asyncpg, no ORM."""
+    item_query = f"SELECT id, name, price FROM {_ITEMS_TABLE} WHERE id = $1"
+    tags_query = f"SELECT tag FROM {_TAGS_TABLE} WHERE item_id = $1 ORDER BY tag"
+
+    @app.get("/items/{item_id}", response_model=Item)
+    async def get_item(item_id: int) -> Item:
+        async with pools["asyncpg"].acquire() as conn:
+            row = await conn.fetchrow(item_query, item_id)
+            tags = [record["tag"] for record in await conn.fetch(tags_query, item_id)]
+        return Item(id=row["id"], name=row["name"], price=row["price"], tags=tags)
+
+
 def create_app() -> FastAPI:
     variant = os.environ.get("BENCH_VARIANT", "bare")
     scenario = os.environ.get("BENCH_SCENARIO", "trivial")
@@ -139,27 +162,43 @@ def create_app() -> FastAPI:
         raise SystemExit(f"unknown BENCH_VARIANT={variant!r} or BENCH_SCENARIO={scenario!r}")
 
     engine: Any = None
-    if scenario == "realistic":
+    url = os.environ.get("BENCH_POSTGRES_URL", DEFAULT_POSTGRES_URL)
+    raw_asyncpg = scenario == "realistic" and variant.endswith("_asyncpg")
+    pools: dict[str, Any] = {}
+    if scenario == "realistic" and not raw_asyncpg:
         from sqlalchemy.ext.asyncio import create_async_engine
 
-        url = os.environ.get("BENCH_POSTGRES_URL", DEFAULT_POSTGRES_URL)
         engine = create_async_engine(url, pool_size=10, max_overflow=0, pool_pre_ping=False)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if raw_asyncpg:
+            import asyncpg
+
+            dsn = url.replace("postgresql+asyncpg://", "postgresql://", 1)
+            pools["asyncpg"] = await asyncpg.create_pool(dsn, min_size=10, max_size=10)
         yield
         if engine is not None:
             await engine.dispose()
+        if pools:
+            await pools["asyncpg"].close()
 
     app = FastAPI(lifespan=lifespan)
-    if engine is None:
+    if raw_asyncpg:
+        _add_realistic_asyncpg_route(app, pools)
+    elif engine is None:
         _add_trivial_route(app)
     else:
         _add_realistic_route(app, engine)
 
     exporter: CountingExporter | None = None
     engine_instrumented: bool | None = None
-    if variant in ("collector", "collector_tracing"):
+    if variant == "collector_asyncpg":
+        import collector
+
+        collector.instrument(app)
+        collector.instrument_asyncpg()
+    elif variant in ("collector", "collector_tracing"):
         import collector
 
         collector.instrument(app)

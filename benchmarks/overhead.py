@@ -6,7 +6,8 @@ Every variant of ``benchmarks/apps.py`` runs in its own uvicorn process (one wor
 access log) pinned to core 0; ``wrk`` runs pinned to core 1. All servers start once and are warmed
 up; each round then measures every variant once, in a freshly shuffled order, so that drift in the
 machine's load hits all variants alike. A variant's cost is the median over rounds of its paired
-ratio to bare FastAPI in the same round. Results go to ``benchmarks/results/<scenario>.json`` and
+ratio to bare FastAPI in the same round (``collector_asyncpg``'s to ``bare_asyncpg``, the same
+endpoint on raw asyncpg, ``apps.BASELINE``). Results go to ``benchmarks/results/<scenario>.json`` and
 ``.png``; a Markdown table is printed and written to ``benchmarks/results/<scenario>.md``.
 """
 
@@ -266,12 +267,13 @@ def summarise(variants: list[str], rounds: list[dict[str, Any]]) -> dict[str, di
     summary: dict[str, dict[str, float]] = {}
     for variant in variants:
         runs = [r["results"][variant] for r in rounds]
-        ratios = [run["rps"] / r["results"]["bare"]["rps"] for r, run in zip(rounds, runs, strict=True)]
-        deltas = [run["p99_ms"] - r["results"]["bare"]["p99_ms"] for r, run in zip(rounds, runs, strict=True)]
+        base = [r["results"][apps.BASELINE.get(variant, "bare")] for r in rounds]
+        ratios = [run["rps"] / b["rps"] for b, run in zip(base, runs, strict=True)]
+        deltas = [run["p99_ms"] - b["p99_ms"] for b, run in zip(base, runs, strict=True)]
         cpu = [
-            r["results"]["bare"]["cpu_us_per_request"] / run["cpu_us_per_request"]
-            for r, run in zip(rounds, runs, strict=True)
-            if run.get("cpu_us_per_request") and r["results"]["bare"].get("cpu_us_per_request")
+            b["cpu_us_per_request"] / run["cpu_us_per_request"]
+            for b, run in zip(base, runs, strict=True)
+            if run.get("cpu_us_per_request") and b.get("cpu_us_per_request")
         ]
         summary[variant] = {
             "median_rps": statistics.median(run["rps"] for run in runs),
@@ -300,8 +302,9 @@ def markdown_table(scenario: str, summary: dict[str, dict[str, float]]) -> str:
     for variant, s in summary.items():
         cpu = s.get("median_cpu_us_per_request")
         cpu_ratio = s.get("median_cpu_ratio_to_bare")
+        name = f"{variant} (to {apps.BASELINE[variant]})" if variant in apps.BASELINE else variant
         lines.append(
-            f"| {variant} | {s['median_rps']:.0f} | {s['median_ratio_to_bare']:.2f} "
+            f"| {name} | {s['median_rps']:.0f} | {s['median_ratio_to_bare']:.2f} "
             f"| {s['min_ratio_to_bare']:.2f} to {s['max_ratio_to_bare']:.2f} | {s['median_p99_ms']:.2f} "
             f"| {s['median_p99_delta_ms']:+.2f} | {'n/a' if cpu is None else f'{cpu:.0f}'} "
             f"| {'n/a' if cpu_ratio is None else f'{cpu_ratio:.2f}'} |"
@@ -394,6 +397,9 @@ def parse_args() -> argparse.Namespace:
     )
     args = parser.parse_args()
     args.variant_list = ["bare"] + [v for v in args.variants.split(",") if v and v != "bare"]
+    for variant in list(args.variant_list):  # a paired variant brings its baseline
+        if apps.BASELINE.get(variant, "bare") not in args.variant_list:
+            args.variant_list.append(apps.BASELINE[variant])
     unknown = set(args.variant_list) - set(apps.VARIANTS)
     if unknown:
         parser.error(f"unknown variants: {', '.join(sorted(unknown))}")

@@ -7,9 +7,12 @@ collector.instrument(app)
 from __future__ import annotations
 
 import importlib
+import weakref
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collector._asyncpg import instrument_asyncpg, uninstrument_asyncpg
+    from collector._psycopg import instrument_psycopg, uninstrument_psycopg
     from collector.cache import (
         CacheHeaderMiddleware,
         instrument_cashews,
@@ -30,13 +33,17 @@ _LAZY = {
     "CacheHeaderMiddleware": "collector.cache",
     "ConfigError": "collector.settings",
     "Settings": "collector.settings",
+    "instrument_asyncpg": "collector._asyncpg",
     "instrument_cashews": "collector.cache",
     "instrument_engine": "collector.database",
+    "instrument_psycopg": "collector._psycopg",
     "instrument_redis": "collector.cache",
     "record_cache": "collector.cache",
     "track_cache": "collector.cache",
+    "uninstrument_asyncpg": "collector._asyncpg",
     "uninstrument_cashews": "collector.cache",
     "uninstrument_engine": "collector.database",
+    "uninstrument_psycopg": "collector._psycopg",
     "uninstrument_redis": "collector.cache",
 }
 
@@ -56,18 +63,23 @@ __all__ = [
     "ConfigError",
     "Settings",
     "instrument",
+    "instrument_asyncpg",
     "instrument_cashews",
     "instrument_engine",
+    "instrument_psycopg",
     "instrument_redis",
     "record_cache",
     "track_cache",
     "uninstrument",
+    "uninstrument_asyncpg",
     "uninstrument_cashews",
     "uninstrument_engine",
+    "uninstrument_psycopg",
     "uninstrument_redis",
 ]
 
 _ATTR = "_collector_runtime"
+_apps: weakref.WeakSet[Any] = weakref.WeakSet()  # instrumented and not yet uninstrumented
 
 
 def instrument(app: Any, **settings: Any) -> Runtime | None:
@@ -98,6 +110,7 @@ def instrument(app: Any, **settings: Any) -> Runtime | None:
             routes.on_route_exit.append(tracing.annotate)
     runtime = Runtime(app, config, with_tracing)
     setattr(app, _ATTR, runtime)
+    _apps.add(app)
     routes.install_hooks()
     threadpool.install()
     start_metrics_port(config)
@@ -117,15 +130,24 @@ def instrument(app: Any, **settings: Any) -> Runtime | None:
 
 
 def uninstrument(app: Any) -> None:
-    """Detach from ``app``: its next stack build no longer has the collector."""
-    from collector import fastapi_hooks, resources, static
+    """Detach from ``app``: its next stack build no longer has the collector.
+
+    Uninstrumenting the last instrumented app undoes every change the collector made in the
+    process, newest first (its patch ledger): engines, drivers and caches instrumented on
+    their own included, so the interpreter is as it was before the first ``instrument``.
+    """
+    from collector import _patches, fastapi_hooks, resources, static
 
     runtime: Runtime | None = getattr(app, _ATTR, None)
     if runtime is None:
         return
     delattr(app, _ATTR)
+    _apps.discard(app)
     fastapi_hooks.uninstall()
     resources.uninstall()
     static.uninstall()
     app.__dict__.pop("build_middleware_stack", None)
     app.middleware_stack = None
+    if not _apps:
+        # The value-store fallback is the process's for good: undone, values would go to a bad directory.
+        _patches.undo_all(keep=("multiprocess",))

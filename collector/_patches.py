@@ -4,7 +4,13 @@ Every attribute the collector replaces on a class, module or object of another l
 goes through ``replace``; every other change (an import hook, an event listener, a
 callback list entry) is recorded with ``record`` and the function that undoes it. Each
 entry names the component that owns it, so ``undo(component)`` removes exactly what that
-component did, newest first, and ``undo_all()`` restores the interpreter.
+component did, newest first, and ``undo_all()`` restores the interpreter. A component named
+``"parent/part"`` (one engine of ``"database"``) is undone alone by its own name, and with
+its parent by the parent's.
+
+A module whose own state follows its patches (a registry of what it instrumented) records,
+before its first patch, the function that resets that state: undone last, it leaves the
+module as if it had never been attached, whoever undoes it.
 
 An attribute is restored only while it still holds the collector's replacement: if some
 other library wrapped it since, restoring would throw that wrapper away, so the entry is
@@ -28,13 +34,15 @@ class Patch:
     name: str
     original: Any  # the owner's own value before the change, or _MISSING when it inherited one
     replacement: Any
-    undo_fn: Callable[[], None] | None = None  # set for entries made by ``record``
+    undo_fn: Callable[[], object] | None = None  # set for entries made by ``record``
 
     @property
     def is_attribute(self) -> bool:
         return self.undo_fn is None
 
     def describe(self) -> str:
+        if self.undo_fn is not None:
+            return f"{self.component}: {self.name}"
         owner = getattr(self.owner, "__qualname__", None) or getattr(self.owner, "__name__", None)
         return f"{self.component}: {owner or type(self.owner).__name__}.{self.name}"
 
@@ -60,13 +68,22 @@ def replace(component: str, owner: Any, name: str, replacement: Any) -> Any:
         return current
 
 
-def record(component: str, description: str, undo_fn: Callable[[], None]) -> None:
+def record(component: str, description: str, undo_fn: Callable[[], object]) -> None:
     """Record a change that is not an attribute (a hook list entry, an event listener)."""
     with _lock:
         _ledger.append(Patch(component, None, description, _MISSING, None, undo_fn))
 
 
 def _undo_one(entry: Patch) -> None:
+    try:
+        _restore(entry)
+    except Exception as exc:  # one failed undo must not leave the older changes in place
+        from collector import _faults
+
+        _faults.record("patches", exc)
+
+
+def _restore(entry: Patch) -> None:
     if entry.undo_fn is not None:
         entry.undo_fn()
         return
@@ -81,23 +98,30 @@ def _undo_one(entry: Patch) -> None:
         setattr(entry.owner, entry.name, entry.original)
 
 
+def _belongs(entry: Patch, component: str) -> bool:
+    return entry.component == component or entry.component.startswith(component + "/")
+
+
 def undo(component: str) -> None:
-    """Undo every change ``component`` made, newest first."""
+    """Undo every change ``component`` (and its ``component/...`` parts) made, newest first."""
     with _lock:
-        mine = [entry for entry in _ledger if entry.component == component]
+        mine = [entry for entry in _ledger if _belongs(entry, component)]
+        _ledger[:] = [entry for entry in _ledger if not _belongs(entry, component)]
         for entry in reversed(mine):
-            _ledger.remove(entry)
             _undo_one(entry)
 
 
-def undo_all() -> None:
-    """Undo every change the collector made, newest first."""
+def undo_all(keep: tuple[str, ...] = ()) -> None:
+    """Undo every change the collector made, newest first, but those of the ``keep`` components."""
     with _lock:
-        while _ledger:
-            _undo_one(_ledger.pop())
+        kept = [entry for entry in _ledger if any(_belongs(entry, component) for component in keep)]
+        undone = [entry for entry in _ledger if entry not in kept]
+        _ledger[:] = kept
+        for entry in reversed(undone):
+            _undo_one(entry)
 
 
 def active(component: str | None = None) -> list[Patch]:
-    """The changes in force, oldest first (all, or one component's)."""
+    """The changes in force, oldest first (all, or one component's with its parts)."""
     with _lock:
-        return [entry for entry in _ledger if component is None or entry.component == component]
+        return [entry for entry in _ledger if component is None or _belongs(entry, component)]

@@ -8,6 +8,8 @@
 Every source counts ``fastapi_cache_requests_total{cache, result}`` and adds to the
 request's ``cache_hits``/``cache_misses``, which end up on the server span. A look-up
 that fails (the cache is down, a wrong type) raises as it did and is not counted.
+What ``instrument_redis`` and ``instrument_cashews`` add to a client is in the patch ledger
+(component ``cache/<client>``), undone by their ``uninstrument_*`` or ``collector.uninstrument``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, cast
 
-from collector import _faults, routes
+from collector import _faults, _patches, routes
 from collector.context import RequestContext, current
 from collector.metrics import CACHE_REQUESTS
 
@@ -179,7 +181,7 @@ def track_cache(name: str) -> CacheTracker:
 
 _Callback = Callable[..., Any]
 _MISSING: Any = object()
-_redis_clients: weakref.WeakKeyDictionary[Any, dict[str, tuple[_Callback, Any]]] = weakref.WeakKeyDictionary()
+_redis_clients: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()  # client -> component
 
 
 def _single_value_callback(counters: _Counters, original: _Callback | None) -> _Callback:
@@ -205,6 +207,10 @@ def _multi_value_callback(counters: _Counters, original: _Callback | None) -> _C
     return callback
 
 
+def _component(kind: str, client: Any) -> str:
+    return f"cache/{kind}#{id(client)}"
+
+
 def instrument_redis(client: Any, name: str = "redis") -> None:
     """Count hits and misses of ``client`` (``redis.Redis`` or ``redis.asyncio.Redis``) as cache ``name``.
 
@@ -222,34 +228,45 @@ def instrument_redis(client: Any, name: str = "redis") -> None:
         )
     counters = _counters_for(name)
     callbacks = cast(MutableMapping[str, _Callback], client.response_callbacks)
-    installed: dict[str, tuple[_Callback, Any]] = {}
+    component = _component("redis", client)
+    _redis_clients[client] = component
+    _patches.record(component, "instrumented redis client", lambda: _redis_clients.pop(client, None))
     for commands, make in ((_SINGLE_VALUE, _single_value_callback), (_MULTI_VALUE, _multi_value_callback)):
         for command in commands:
             original = callbacks.get(command, _MISSING)
             ours = make(counters, None if original is _MISSING else original)
             callbacks[command] = ours
-            installed[command] = (ours, original)
-    _redis_clients[client] = installed
+            _patches.record(
+                component,
+                f"redis response callback {command}",
+                _callback_restorer(callbacks, command, ours, original),
+            )
 
 
-def uninstrument_redis(client: Any) -> None:
-    """Stop counting ``client``; its response callbacks are as they were (unless replaced since)."""
-    installed = _redis_clients.pop(client, None)
-    if installed is None:
-        return
-    callbacks: MutableMapping[str, _Callback] = client.response_callbacks
-    for command, (ours, original) in installed.items():
-        if callbacks.get(command) is not ours:
-            continue
+def _callback_restorer(
+    callbacks: MutableMapping[str, _Callback], command: str, ours: _Callback, original: Any
+) -> Callable[[], None]:
+    def restore() -> None:
+        if callbacks.get(command) is not ours:  # replaced since: left as it is
+            return
         if original is _MISSING:
             del callbacks[command]
         else:
             callbacks[command] = original
 
+    return restore
+
+
+def uninstrument_redis(client: Any) -> None:
+    """Stop counting ``client``; its response callbacks are as they were (unless replaced since)."""
+    component = _redis_clients.get(client)
+    if component is not None:
+        _patches.undo(component)
+
 
 # cashews -----------------------------------------------------------------------------------------
 
-_cashews_caches: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+_cashews_caches: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
 
 
 def instrument_cashews(cache: Any, name: str = "cashews") -> None:
@@ -280,15 +297,23 @@ def instrument_cashews(cache: Any, name: str = "cashews") -> None:
                 _faults.record("cache", exc)
         return result
 
+    component = _component("cashews", cache)
+    _cashews_caches[cache] = component
+    _patches.record(component, "instrumented cashews cache", lambda: _cashews_caches.pop(cache, None))
     cache.add_middleware(middleware)
-    _cashews_caches[cache] = middleware
+
+    def remove() -> None:  # cashews has no public way to remove a middleware
+        if middleware in cache._default_middlewares:
+            cache._default_middlewares.remove(middleware)
+
+    _patches.record(component, "cashews middleware", remove)
 
 
 def uninstrument_cashews(cache: Any) -> None:
-    """Stop counting a cashews ``Cache`` (cashews has no public way to remove a middleware)."""
-    middleware = _cashews_caches.pop(cache, None)
-    if middleware is not None and middleware in cache._default_middlewares:
-        cache._default_middlewares.remove(middleware)
+    """Stop counting a cashews ``Cache``."""
+    component = _cashews_caches.get(cache)
+    if component is not None:
+        _patches.undo(component)
 
 
 # Response header (fastapi-cache) -----------------------------------------------------------------

@@ -41,7 +41,7 @@ from collections.abc import Callable
 from time import perf_counter
 from typing import Any
 
-from collector import routes
+from collector import _patches, routes
 from collector._updates import route_observer
 from collector.context import RequestContext, current
 from collector.metrics import (
@@ -53,8 +53,9 @@ from collector.metrics import (
 # FastAPI versions whose internals these hooks were checked against (0.115 and 0.165 are tested).
 SUPPORTED = ((0, 115), (0, 200))
 
-# (owner, name, original, wrapper, owner had its own); module functions set only while timed.
-_patches: list[tuple[Any, str, Any, Any, bool]] = []
+COMPONENT = "fastapi_hooks"
+# (module, name, FastAPI's function, wrapper): set only while a timed request is in flight.
+_swaps: list[tuple[Any, str, Any, Any]] = []
 _users = 0
 _timed_in_flight = 0
 _lock = threading.Lock()
@@ -288,34 +289,47 @@ def _targets() -> list[tuple[Any, str, Callable[[Callable[..., Any]], Callable[.
 def install() -> None:
     """Ready FastAPI's hooks for one more instrumented app; RuntimeError on an unsupported FastAPI.
 
-    Methods on classes are wrapped here, for good. Module functions are swapped in only while
-    a timed request is in flight (``timed_begin``/``timed_end``).
+    Methods on classes are wrapped here, in the patch ledger. Module functions are swapped in
+    only while a timed request is in flight (``timed_begin``/``timed_end``); the ledger holds
+    one entry that swaps them back and stops further swaps, so none outlives ``uninstall``.
     """
     global _users
-    if not _patches:
-        for owner, name, wrap in _targets():
+    if not _patches.active(COMPONENT):
+        targets = _targets()
+        _patches.record(COMPONENT, "timed swap-in of fastapi module functions", _stop_swaps)
+        for owner, name, wrap in targets:
             original = getattr(owner, name)
             wrapped = wrap(original)
-            _patches.append((owner, name, original, wrapped, name in vars(owner)))
             if isinstance(owner, type):
-                setattr(owner, name, wrapped)
-        if _observe not in routes.on_route_exit:
-            routes.on_route_exit.append(_observe)
+                _patches.replace(COMPONENT, owner, name, wrapped)
+            else:
+                _swaps.append((owner, name, original, wrapped))
+        routes.on_route_exit.append(_observe)
+        _patches.record(COMPONENT, "route exit hook", _remove_observe)
     _users += 1
 
 
 def uninstall() -> None:
     """Undo ``install`` once its last app is uninstrumented."""
-    global _users, _timed_in_flight
+    global _users
     _users = max(0, _users - 1)
-    if _users:
-        return
-    with _lock:
-        _restore(everything=True)
-        _patches.clear()
-        _timed_in_flight = 0
+    if not _users:
+        _patches.undo(COMPONENT)
+
+
+def _remove_observe() -> None:
     if _observe in routes.on_route_exit:
         routes.on_route_exit.remove(_observe)
+
+
+def _stop_swaps() -> None:
+    """FastAPI's own module functions back, and no more swapping in, even for requests in flight."""
+    global _timed_in_flight, _users
+    with _lock:
+        _restore()
+        _swaps.clear()
+        _timed_in_flight = 0
+        _users = 0
 
 
 def timed_begin() -> None:
@@ -324,8 +338,8 @@ def timed_begin() -> None:
     with _lock:
         _timed_in_flight += 1
         if _timed_in_flight == 1:
-            for owner, name, original, wrapped, _own in _patches:
-                if not isinstance(owner, type) and getattr(owner, name) is original:
+            for owner, name, original, wrapped in _swaps:
+                if getattr(owner, name) is original:
                     setattr(owner, name, wrapped)  # left alone if something else replaced it since
 
 
@@ -336,13 +350,10 @@ def timed_end() -> None:
         if _timed_in_flight > 0:
             _timed_in_flight -= 1
             if _timed_in_flight == 0:
-                _restore(everything=False)
+                _restore()
 
 
-def _restore(*, everything: bool) -> None:
-    for owner, name, original, wrapped, own in reversed(_patches):
-        if (everything or not isinstance(owner, type)) and vars(owner).get(name) is wrapped:
-            if own:
-                setattr(owner, name, original)
-            else:
-                delattr(owner, name)
+def _restore() -> None:
+    for owner, name, original, wrapped in reversed(_swaps):
+        if getattr(owner, name) is wrapped:
+            setattr(owner, name, original)

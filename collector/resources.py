@@ -8,7 +8,8 @@ The classes' ``__init__`` are wrapped once their library is imported: at once fo
 library already imported, else by an import hook when the app imports it, so an app
 pays nothing, not even an import, for a library it does not use. Subclasses that call
 ``super().__init__`` count as their base. Database engines and connections are counted
-by ``collector.database``.
+by ``collector.database`` and the raw driver modules. The wrappers and the import hook are
+in the patch ledger (component ``resources``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from importlib.machinery import ModuleSpec
 from types import ModuleType
 from typing import Any
 
-from collector import _faults
+from collector import _faults, _patches
 from collector.metrics import RESOURCES_CREATED
 
 # Module → (class name, kind) wrapped when that module has been executed.
@@ -33,7 +34,7 @@ TARGETS: dict[str, tuple[tuple[str, str], ...]] = {
     "redis.asyncio": (("Redis", "redis_client"),),
 }
 
-_originals: dict[type, Callable[..., None]] = {}
+COMPONENT = "resources"
 _users = 0
 
 
@@ -54,10 +55,12 @@ def _counting(original: Callable[..., None], kind: str) -> Callable[..., None]:
 def _patch_module(name: str, module: ModuleType) -> None:
     for class_name, kind in TARGETS[name]:
         cls = getattr(module, class_name, None)
-        if isinstance(cls, type) and cls not in _originals and "__init__" in vars(cls):
-            original = vars(cls)["__init__"]
-            _originals[cls] = original
-            cls.__init__ = _counting(original, kind)  # type: ignore[misc]
+        if isinstance(cls, type) and "__init__" in vars(cls) and not _patched(cls):
+            _patches.replace(COMPONENT, cls, "__init__", _counting(vars(cls)["__init__"], kind))
+
+
+def _patched(cls: type) -> bool:
+    return any(entry.owner is cls for entry in _patches.active(COMPONENT))
 
 
 class _ImportHook(importlib.abc.MetaPathFinder):
@@ -86,6 +89,8 @@ class _ImportHook(importlib.abc.MetaPathFinder):
         def exec_and_patch(module: ModuleType) -> None:
             del loader.exec_module  # the loader instance is this module's alone
             exec_module(module)
+            if not _users:  # uninstalled while this import was under way
+                return
             try:
                 _patch_module(fullname, module)
             except Exception as exc:
@@ -101,28 +106,35 @@ class _ImportHook(importlib.abc.MetaPathFinder):
 _hook = _ImportHook()
 
 
+def _forget() -> None:
+    global _users
+    _users = 0
+
+
+def _remove_hook() -> None:
+    if _hook in sys.meta_path:
+        sys.meta_path.remove(_hook)
+
+
 def install() -> None:
     """Count the target classes' instances for one more instrumented app."""
     global _users
     _users += 1
     if _users > 1:
         return
+    _patches.record(COMPONENT, "instrumented apps", _forget)  # undone last: the count follows
     for name in TARGETS:
         module = sys.modules.get(name)
         if module is not None:
             _patch_module(name, module)
     if any(name not in sys.modules for name in TARGETS) and _hook not in sys.meta_path:
         sys.meta_path.insert(0, _hook)
+        _patches.record(COMPONENT, "sys.meta_path import hook", _remove_hook)
 
 
 def uninstall() -> None:
     """Undo ``install`` once its last app is uninstrumented."""
     global _users
     _users = max(0, _users - 1)
-    if _users:
-        return
-    if _hook in sys.meta_path:
-        sys.meta_path.remove(_hook)
-    while _originals:
-        cls, original = _originals.popitem()
-        cls.__init__ = original  # type: ignore[misc]
+    if not _users:
+        _patches.undo(COMPONENT)

@@ -3,7 +3,8 @@
 Starlette's ``run_in_threadpool`` and FastAPI's sync paths all end in
 ``anyio.to_thread.run_sync``, which it looks up on the module at call time; the
 wrapper timestamps the submission and the start of the work, so the difference is
-the time spent waiting for one of the default limiter's tokens.
+the time spent waiting for one of the default limiter's tokens. The swap is in the patch
+ledger (component ``threadpool``).
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ from typing import Any, TypeVar
 
 import anyio.to_thread
 
-from collector import _faults
+from collector import _faults, _patches
 from collector.metrics import THREADPOOL_QUEUE, THREADPOOL_TOKENS, THREADPOOL_WAITING
 
 T = TypeVar("T")
 
-_original: Any = None
+COMPONENT = "threadpool"
+_original: Any = None  # kept after uninstall: a caller still holding the wrapper goes on working
 _borrowed = THREADPOOL_TOKENS.labels("borrowed")
 _total = THREADPOOL_TOKENS.labels("total")
 
@@ -45,16 +47,12 @@ async def run_sync(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 def install() -> None:
     """Wrap ``anyio.to_thread.run_sync``; a second call does nothing."""
     global _original
-    if _original is None:
-        _original = anyio.to_thread.run_sync
-        anyio.to_thread.run_sync = run_sync  # type: ignore[assignment]
+    if not _patches.active(COMPONENT):
+        _original = _patches.replace(COMPONENT, anyio.to_thread, "run_sync", run_sync)
 
 
 def uninstall() -> None:
-    global _original
-    if _original is not None:
-        anyio.to_thread.run_sync = _original
-        _original = None
+    _patches.undo(COMPONENT)
 
 
 def sample() -> None:

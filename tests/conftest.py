@@ -138,3 +138,70 @@ def multiproc_dir() -> Iterator[str]:
     path = tempfile.mkdtemp(prefix="collector-mp-")
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+# Every test leaves the interpreter as it found it, once its apps are uninstrumented: nothing in the
+# collector's patch ledger, and each attribute the collector patches is the very object it was.
+_PATCHED: tuple[tuple[str, str, str], ...] = (
+    ("anyio.to_thread", "", "run_sync"),
+    ("starlette.routing", "Route", "handle"),
+    ("starlette.routing", "Mount", "handle"),
+    ("starlette.routing", "Host", "handle"),
+    ("starlette.routing", "WebSocketRoute", "handle"),
+    ("starlette.responses", "FileResponse", "__call__"),
+    ("starlette.responses", "JSONResponse", "render"),
+    ("fastapi.routing", "", "solve_dependencies"),
+    ("fastapi.routing", "", "serialize_response"),
+    ("fastapi.dependencies.utils", "", "request_body_to_args"),
+    ("sqlalchemy.engine", "Engine", "__init__"),
+    ("httpx", "Client", "__init__"),
+    ("httpx", "AsyncClient", "__init__"),
+    ("redis", "Redis", "__init__"),
+    ("redis.asyncio", "Redis", "__init__"),
+    ("asyncpg.connection", "Connection", "execute"),
+    ("asyncpg.connection", "Connection", "__init__"),
+    ("asyncpg.pool", "Pool", "_acquire"),
+    ("psycopg", "Cursor", "execute"),
+    ("psycopg_pool", "ConnectionPool", "getconn"),
+)
+
+
+def _patched_attributes() -> dict[str, object]:
+    """The owner's own value of each patched attribute, for the modules imported so far."""
+    found: dict[str, object] = {}
+    for module_name, class_name, name in _PATCHED:
+        module = sys.modules.get(module_name)
+        if module is None:
+            continue
+        owner = getattr(module, class_name) if class_name else module
+        found[f"{module_name}.{class_name + '.' if class_name else ''}{name}"] = vars(owner).get(name)
+    found["sys.meta_path collector finders"] = tuple(
+        finder for finder in sys.meta_path if type(finder).__module__.startswith("collector")
+    )
+    return found
+
+
+@pytest.fixture(autouse=True)
+def interpreter_restored() -> Iterator[None]:
+    from collector import _patches
+
+    before = _patched_attributes()
+    yield
+    left = [entry.describe() for entry in _patches.active()]
+    after = _patched_attributes()
+    _patches.undo_all()  # one leaking test must not fail every test after it
+    assert left == [], f"patches left in the ledger: {left}"
+    changed = [
+        name
+        for name, value in after.items()
+        if name in before
+        and before[name] is not value
+        and not (isinstance(value, tuple) and before[name] == value)
+    ]
+    changed += [
+        name
+        for name, value in after.items()
+        if name not in before
+        and getattr(getattr(value, "__code__", None), "co_filename", "").startswith(str(ROOT / "collector"))
+    ]
+    assert changed == [], f"attributes not restored: {changed}"

@@ -230,10 +230,12 @@ def test_redis_down_raises_the_same_error_and_counts_no_miss() -> None:
     down = redis.Redis(connection_pool=plain.connection_pool)
     collector.instrument_redis(down, name="test-down")
     before = counts("test-down")
-
-    expected, got = error_of(plain), error_of(down)
-    with pytest.raises(redis.ConnectionError):
-        down.mget("a", "b")
+    try:
+        expected, got = error_of(plain), error_of(down)
+        with pytest.raises(redis.ConnectionError):
+            down.mget("a", "b")
+    finally:
+        collector.uninstrument_redis(down)
 
     assert type(got) is type(expected) and str(got) == str(expected)
     assert counted_since("test-down", before) == (0, 0)
@@ -246,10 +248,13 @@ def test_async_redis_down_raises_the_same_error_and_counts_no_miss() -> None:
         collector.instrument_redis(down, name="test-async-down")
         before = counts("test-async-down")
         errors = []
-        for client in (plain, down):
-            with pytest.raises(redis.ConnectionError) as raised:
-                await client.get("key")
-            errors.append(raised.value)
+        try:
+            for client in (plain, down):
+                with pytest.raises(redis.ConnectionError) as raised:
+                    await client.get("key")
+                errors.append(raised.value)
+        finally:
+            collector.uninstrument_redis(down)
         return errors[0], errors[1], counted_since("test-async-down", before)
 
     expected, got, counted = asyncio.run(run())

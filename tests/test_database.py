@@ -18,11 +18,11 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.pool import Pool
 
 import collector
-from collector import database, metrics, routes
+from collector import _patches, _sql, database, metrics, routes
 from collector.context import RequestContext, current
 from tests.conftest import POSTGRES_URL, Samples, Server, free_port, series, value
 
-ASYNCPG_POOL = "postgresql+asyncpg://127.0.0.1:5432/test"
+ASYNCPG_POOL = "postgresql+asyncpg://" + POSTGRES_URL.split("@", 1)[1]  # the URL without its user
 
 
 @pytest.fixture(scope="module")
@@ -288,23 +288,38 @@ def test_uninstrument_removes_every_listener_and_wrapper(tmp_path: Path) -> None
         # no engine-level listener: it would make every Connection join the engine's dispatcher
         assert not engine._has_events
         assert event.contains(Pool, "connect", database._count_connection)
-        assert routes.on_route_exit.count(database._on_route_exit) == 1
-        assert metrics.REFRESHERS.count(database._refresh_pools) == 1
+        assert routes.on_route_exit.count(_sql._on_route_exit) == 1
+        assert metrics.REFRESHERS.count(_sql._refresh) == 1
         engine.dispose()  # the new pool gets its own wrapper
         assert engine.pool in hooks.wrapped_pools
         assert queries_counted_on_a_request(engine) == 1
     finally:
         collector.uninstrument_engine(engine)
 
+    assert _patches.active() == []
     assert not WRAPPED_DIALECT_METHODS & set(vars(engine.dialect))
     assert "dispose" not in vars(engine)
     assert not event.contains(Pool, "connect", database._count_connection)
-    assert database._on_route_exit not in routes.on_route_exit
-    assert database._refresh_pools not in metrics.REFRESHERS
+    assert _sql._on_route_exit not in routes.on_route_exit
+    assert _sql._refresh not in metrics.REFRESHERS
     assert Engine.__dict__["__init__"] is original_init
     assert "get" not in vars(engine.pool._pool)  # type: ignore[attr-defined]
     engine.dispose()
     assert queries_counted_on_a_request(engine) == 0
+
+
+def test_uninstrumenting_one_engine_keeps_the_other_instrumented(tmp_path: Path) -> None:
+    first = create_engine(f"sqlite:///{tmp_path / 'first.sqlite'}")
+    second = create_engine(f"sqlite:///{tmp_path / 'second.sqlite'}")
+    collector.instrument_engine(first)
+    collector.instrument_engine(second)
+    try:
+        collector.uninstrument_engine(first)
+        assert queries_counted_on_a_request(first) == 0
+        assert queries_counted_on_a_request(second) == 1
+    finally:
+        collector.uninstrument_engine(second)
+    assert _patches.active() == []
 
 
 def test_statement_cache_stays_bounded_under_distinct_literals() -> None:
@@ -312,12 +327,30 @@ def test_statement_cache_stays_bounded_under_distinct_literals() -> None:
     collector.instrument_engine(engine)
     try:
         with engine.connect() as conn:
-            for i in range(database._CACHE_MAX + 500):
+            for i in range(_sql._CACHE_MAX + 500):
                 conn.exec_driver_sql(f"SELECT {i}")
     finally:
         collector.uninstrument_engine(engine)
-    assert 0 < len(database._statements) <= database._CACHE_MAX
-    assert set(database._durations) <= {*database.OPERATIONS, "other"}
+    assert 0 < len(_sql._statements) <= _sql._CACHE_MAX
+    assert set(_sql._durations) <= {*_sql.OPERATIONS, "other"}
+
+
+def test_an_executemany_counts_each_statement_and_is_one_round_trip_not_an_n_plus_one(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE t (id integer PRIMARY KEY)")
+    collector.instrument_engine(engine, n_plus_one_threshold=2)
+    ctx = RequestContext("GET", 0.0)
+    token = current.set(ctx)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO t (id) VALUES (:id)"), [{"id": i} for i in range(8)])
+    finally:
+        current.reset(token)
+        collector.uninstrument_engine(engine)
+    assert ctx.queries == 8
+    assert ctx.query_fingerprints == {"INSERT INTO t (id) VALUES (?)": 1}
+    assert ctx.query_locations is None  # one call, however many rows: no N+1
 
 
 def test_sqlalchemy_before_2_is_refused_at_attach_time() -> None:
@@ -331,21 +364,34 @@ def test_instrumenting_something_that_is_not_an_engine_fails_at_once() -> None:
         collector.instrument_engine(object())
 
 
-@pytest.mark.parametrize(
-    ("statement", "expected"),
-    [
-        ("SELECT * FROM t WHERE id = $1", "SELECT * FROM t WHERE id = ?"),
-        ("SELECT * FROM t WHERE id = %(id_1)s AND x::int > 3", "SELECT * FROM t WHERE id = ? AND x::int > ?"),
-        ("SELECT * FROM t WHERE id IN ($1, $2, $3)", "SELECT * FROM t WHERE id IN (?)"),
-        (
-            "SELECT * FROM t WHERE id IN (1,2,3,4) AND name = 'it''s'",
-            "SELECT * FROM t WHERE id IN (?) AND name = ?",
-        ),
-        ("INSERT INTO t2 (a, b) VALUES (?, ?), (?, ?),\n (?, ?)", "INSERT INTO t2 (a, b) VALUES (?)"),
-        ("SELECT col1 FROM t1 WHERE t1.v = :v LIMIT 10", "SELECT col1 FROM t1 WHERE t1.v = ? LIMIT ?"),
-    ],
-)
-def test_fingerprint_normalises_literals_numbers_placeholders_and_lists(
-    statement: str, expected: str
+def test_a_batched_statement_counts_the_statements_it_ran_and_is_not_an_n_plus_one(
+    app_server: Server,
 ) -> None:
-    assert database.fingerprint(statement) == expected
+    before = app_server.metrics()
+    with app_server.client() as client:
+        for path in ("/children/orm-delete", "/children/executemany"):
+            response = client.post(path)
+            assert response.status_code == 200, response.text
+    after = app_server.metrics()
+
+    # the ORM's SELECT of 8 children, then its flush: one executemany of 8 DELETEs
+    assert delta(before, after, "fastapi_db_queries_per_request_sum", route="/children/orm-delete") == 9
+    assert delta(before, after, "fastapi_db_queries_per_request_sum", route="/children/executemany") == 8
+    # a batch is one round trip, whatever its size: never an N+1 by itself
+    assert delta(before, after, "fastapi_db_n_plus_one_total") == 0
+    assert delta(before, after, "fastapi_db_query_duration_seconds_count", operation="DELETE") == 1
+    assert delta(before, after, "fastapi_db_query_duration_seconds_count", operation="UPDATE") == 1
+
+
+def test_an_email_in_a_comment_or_literal_never_reaches_the_n_plus_one_log_or_span(
+    app_server: Server,
+) -> None:
+    before = app_server.metrics()
+    get_ok(app_server, "/hostile-comment")
+    after = app_server.metrics()
+
+    assert delta(before, after, "fastapi_db_n_plus_one_total", route="/hostile-comment") == 1
+    [event] = span_events(app_server, "/hostile-comment", "db.n_plus_one")
+    assert event["db.statement.fingerprint"] == "SELECT ? WHERE ? = ?"
+    assert "N+1 queries on GET /hostile-comment" in app_server.output()
+    assert "alice" not in app_server.output()

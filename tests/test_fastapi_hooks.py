@@ -271,11 +271,10 @@ def test_hooks_are_set_only_while_a_timed_request_is_in_flight() -> None:
 
 
 def test_unsupported_fastapi_fails_at_attach_and_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
-    from collector import fastapi_hooks
+    from collector import _patches
 
     before = _hooked()
-    if fastapi_hooks._patches:
-        pytest.skip("another app in this process keeps the hooks installed")
+    assert _patches.active() == []  # the suite's fixture restores the interpreter after every test
     monkeypatch.setattr(fastapi, "__version__", "0.99.1")
     app = FastAPI()
     with pytest.raises(RuntimeError, match=r"FastAPI 0\.99\.1 is not supported"):
@@ -324,3 +323,19 @@ def test_background_tasks_are_not_counted_as_middleware_time(app_server: Server)
     assert grown("fastapi_middleware_duration_seconds_count", route="/background") == 2
     assert total < BACKGROUND_SECONDS  # a request's latency ends at its last chunk, before its task runs
     assert 0 < middleware < 0.05
+
+
+def test_uninstrument_during_a_timed_request_swaps_fastapis_functions_back_for_good() -> None:
+    from collector import fastapi_hooks
+
+    before = _hooked()
+    app = FastAPI()
+    collector.instrument(app)
+    fastapi_hooks.timed_begin()  # a timed request is in flight: the wrappers are swapped in
+    assert _hooked() != before
+    collector.uninstrument(app)
+    assert _hooked() == before
+    fastapi_hooks.timed_end()  # the request in flight ends, another timed one starts
+    fastapi_hooks.timed_begin()
+    assert _hooked() == before
+    fastapi_hooks.timed_end()

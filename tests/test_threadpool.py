@@ -21,13 +21,14 @@ def test_tokens_rise_under_concurrent_sync_requests(serve: Any) -> None:
     assert value(server.metrics(), "fastapi_threadpool_tokens", state="total") == 40
     concurrent = 8
     threads = [
-        threading.Thread(target=server.get, args=("/sync-sleep",), kwargs={"params": {"seconds": 1.0}})
+        # long enough for all of them to be in flight together on a loaded machine
+        threading.Thread(target=server.get, args=("/sync-sleep",), kwargs={"params": {"seconds": 4.0}})
         for _ in range(concurrent)
     ]
     for t in threads:
         t.start()
     peak = 0.0
-    deadline = time.monotonic() + 3
+    deadline = time.monotonic() + 8
     while time.monotonic() < deadline and peak < concurrent:
         peak = max(peak, value(server.metrics(), "fastapi_threadpool_tokens", state="borrowed"))
         time.sleep(0.05)
@@ -60,8 +61,11 @@ def test_queue_wait_is_the_time_spent_waiting_for_a_token() -> None:
         return next(s.value for s in THREADPOOL_QUEUE.collect()[0].samples if s.name.endswith("_sum"))
 
     threadpool.install()
-    before = total_wait()
-    anyio.run(main)
-    waited = total_wait() - before
+    try:
+        before = total_wait()
+        anyio.run(main)
+        waited = total_wait() - before
+    finally:
+        threadpool.uninstall()
     # With one token, the second call waits ~0.2 s and the third ~0.4 s.
     assert 0.5 <= waited <= 0.9

@@ -16,7 +16,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from sqlalchemy import ForeignKey, MetaData, create_engine, select, text
+from sqlalchemy import ForeignKey, MetaData, bindparam, create_engine, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, selectinload
@@ -101,6 +101,45 @@ def sync_parents_n_plus_one() -> list[dict[str, Any]]:
         for parent in parents:
             children[parent.id] = list(session.scalars(select(Child).where(Child.parent_id == parent.id)))
         return tree(parents, children)
+
+
+@app.post("/children/orm-delete")
+async def orm_delete() -> dict[str, int]:
+    """An ORM flush that deletes 8 rows: one executemany of 8 DELETEs (rolled back)."""
+    async with AsyncSession(engine) as session:
+        children = list(await session.scalars(select(Child).order_by(Child.id).limit(8)))
+        for child in children:
+            await session.delete(child)
+        await session.flush()
+        await session.rollback()
+    return {"deleted": len(children)}
+
+
+@app.post("/children/executemany")
+async def executemany() -> dict[str, int]:
+    """An explicit executemany of 8 parameter sets."""
+    rows = [{"id": i, "name": f"child {i}"} for i in range(1, 9)]
+    async with engine.begin() as conn:
+        await conn.execute(
+            Child.__table__.update().where(Child.id == bindparam("cid")).values(name=bindparam("n")),
+            [{"cid": row["id"], "n": row["name"]} for row in rows],
+        )
+    return {"updated": len(rows)}
+
+
+@app.get("/hostile-comment")
+async def hostile_comment() -> dict[str, int]:
+    """An N+1 whose statement carries a client's email in a comment and a dollar-quoted string."""
+    async with engine.connect() as conn:
+        for i in range(6):
+            await conn.execute(
+                text(
+                    "SELECT $$alice@example.com$$ /* for alice@example.com */"
+                    " WHERE 1 = :i -- alice@example.com"
+                ),
+                {"i": i},
+            )
+    return {"ran": 6}
 
 
 @app.get("/no-db")
