@@ -49,6 +49,7 @@ def test_a_fault_in_a_request_hook_is_counted_and_the_response_is_intact() -> No
             response = client.get("/ok")
     finally:
         routes.on_route_exit.remove(broken_hook)
+        collector.uninstrument(app)
     assert response.status_code == 200 and response.json() == {"ok": True}
     assert _faults.fault_counts["route_exit"] == before + 1
 

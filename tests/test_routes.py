@@ -80,7 +80,6 @@ def test_route_hooks_are_undone_exactly_by_the_ledger() -> None:
     assert vars(BackgroundTask)["__call__"] is background
     assert routes.refresh_in_progress not in REFRESHERS
     assert _patches.active(routes.COMPONENT) == []
-    routes.install_hooks()  # leave them as the apps of this process expect
 
 
 def test_middleware_inventory_includes_mounted_sub_apps() -> None:

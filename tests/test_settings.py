@@ -122,6 +122,7 @@ def test_instrumenting_twice_changes_nothing(serve: Any) -> None:
     stack = app.build_middleware_stack()
     assert type(stack).__name__ == "CollectorMiddleware"
     assert type(stack.app).__name__ != "CollectorMiddleware"
+    collector.uninstrument(app)
 
 
 def test_disabled_collector_leaves_the_app_alone() -> None:

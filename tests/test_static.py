@@ -113,4 +113,4 @@ def test_static_hooks_are_undone_exactly_by_the_ledger() -> None:
         _patches.undo(static.COMPONENT)
     assert vars(FileResponse)["__call__"] is file_call
     assert ("__call__" in vars(NotModifiedResponse)) is had_own
-    static.install()  # leave them as the apps of this process expect
+    static.uninstall()  # the install above counted one user
