@@ -12,7 +12,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-SUBCOMMANDS: tuple[str, ...] = ("collector._cli_build",)
+SUBCOMMANDS: tuple[str, ...] = ("collector._cli_build", "collector._cli_doctor")
 
 
 class CommandError(Exception):

@@ -51,16 +51,23 @@ class Settings(BaseSettings):
     profile_endpoint: bool = False
     profile_path: str = "/_collector/profiles"
     profile_token: str | None = None
+    # The live tips page (collector._tips_page), behind profile_token: it shows code locations.
+    tips_page: bool = False
+    tips_path: str = "/_collector/tips"
+    tips_interval: float = Field(default=5.0, gt=0, le=60)
+    tips_window: float = Field(default=60.0, gt=0, le=600)
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
-        for name in ("metrics_path", "profile_path"):
+        for name in ("metrics_path", "profile_path", "tips_path"):
             if not getattr(self, name).startswith("/"):
                 raise ValueError(f"{name} must start with '/'")
         if self.profile_endpoint and not self.profile_token:
             raise ValueError(
                 "profile_endpoint needs profile_token (COLLECTOR_PROFILE_TOKEN): profiles show code"
             )
+        if self.tips_page and not self.profile_token:
+            raise ValueError("tips_page needs profile_token (COLLECTOR_PROFILE_TOKEN): the page shows code")
         return self
 
 
