@@ -22,6 +22,7 @@ from typing import Any, Literal
 from collector.catalogue import TIPS
 from collector.catalogue.model import Check, Expr, Labels, Scrape, Tip, Vector, project
 from collector.catalogue.tips import RUNBOOK_BASE_URL
+from collector.event_loop import OTHER_LOCATION
 
 Status = Literal["broken", "warning", "no data", "ok"]
 RANK: dict[Status, int] = {"broken": 0, "warning": 1, "no data": 2, "ok": 3}
@@ -128,11 +129,14 @@ class TipResult:
     def top(self, label: str) -> str | None:
         """The worst value of a label: from the worst finding, else from the evidence in order."""
         for finding in sorted(self.findings, key=lambda f: (RANK[f.status], -f.impact)):
-            if finding.status in ("broken", "warning") and label in finding.labels:
+            if (
+                finding.status in ("broken", "warning")
+                and finding.labels.get(label, OTHER_LOCATION) != OTHER_LOCATION
+            ):
                 return finding.labels[label]
         for items in self.evidence.values():
             for item in items:
-                if label in item.labels:
+                if item.labels.get(label, OTHER_LOCATION) != OTHER_LOCATION:
                     return item.labels[label]
         return None
 
@@ -262,7 +266,13 @@ def judge_tip(tip: Tip, vector: VectorOf) -> TipResult:
     evidence: dict[str, list[EvidenceItem]] = {}
     for item in tip.evidence:
         values = [(k, v) for k, v in vector(item.signal.expr).items() if v and not math.isnan(v)]
-        values.sort(key=lambda kv: kv[1] if item.signal.name in lower else -kv[1])
+        # The overflow label of bounded locations is no place in the code: it goes last.
+        values.sort(
+            key=lambda kv: (
+                ("location", OTHER_LOCATION) in kv[0],
+                kv[1] if item.signal.name in lower else -kv[1],
+            )
+        )
         if values:
             evidence[item.title] = [
                 EvidenceItem(_clean(dict(k)), v, format_value(v, item.signal.unit))

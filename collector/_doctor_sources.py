@@ -20,8 +20,9 @@ from collector.catalogue.model import Expr, Matcher, Vector, parse_scrape
 TIMEOUT = 10.0
 
 
-def _get(url: str, what: str, headers: dict[str, str] | None = None) -> tuple[str, str]:
-    """(content type, body) of a GET, or a one-line ``SourceError``."""
+def _get(url: str, what: str, headers: dict[str, str] | None = None, shown: str = "") -> tuple[str, str]:
+    """(content type, body) of a GET, or a one-line ``SourceError`` naming ``shown`` (default: the URL)."""
+    shown = shown or url
     if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
         raise SourceError(f"{what} URL {url!r} is not an http(s) URL")
     request = urllib.request.Request(url, headers={"User-Agent": "collector-doctor", **(headers or {})})
@@ -32,9 +33,9 @@ def _get(url: str, what: str, headers: dict[str, str] | None = None) -> tuple[st
         body = exc.read().decode("utf-8", "replace")
         raise _HTTPStatus(exc.code, exc.headers.get("Content-Type", ""), body) from None
     except urllib.error.URLError as exc:
-        raise SourceError(f"cannot reach {what} at {url}: {exc.reason}") from None
+        raise SourceError(f"cannot reach {what} at {shown}: {exc.reason}") from None
     except (OSError, ValueError) as exc:
-        raise SourceError(f"cannot read {what} at {url}: {exc}") from None
+        raise SourceError(f"cannot read {what} at {shown}: {exc}") from None
 
 
 class _HTTPStatus(Exception):
@@ -60,7 +61,7 @@ class Prometheus:
     def query(self, promql: str) -> list[dict[str, Any]]:
         url = f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
         try:
-            content_type, body = _get(url, "Prometheus")
+            content_type, body = _get(url, "Prometheus", shown=self.url)
         except _HTTPStatus as exc:
             content_type, body = exc.content_type, exc.body
             if "json" not in content_type:

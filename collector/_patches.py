@@ -73,9 +73,7 @@ def _undo_one(entry: Patch) -> None:
     if _own_value(entry.owner, entry.name) is not entry.replacement:
         from collector import _faults
 
-        _faults.record(
-            "patches", RuntimeError(f"{entry.describe()} was replaced since; left")
-        )
+        _faults.record("patches", RuntimeError(f"{entry.describe()} was replaced since; left"))
         return
     if entry.original is _MISSING:
         delattr(entry.owner, entry.name)

@@ -107,6 +107,7 @@ def _card(
 def page(
     report: Report | None, history: dict[int, list[tuple[float, float | None]]], now: float, refresh: float
 ) -> str:
+    """The page; it reloads itself every ``refresh`` seconds (5 at least, so a slow load still lands)."""
     results = {r.number: r for r in report.tips} if report is not None else {}
     ranked = sorted(results.values(), key=lambda r: (RANK[r.status], -r.impact, r.number))
     broken = [r for r in ranked if r.status == "broken"]
@@ -120,14 +121,15 @@ def page(
         summary = "No tip broken."
     colour = COLOURS["broken" if broken else "ok"] if report is not None else COLOURS["no data"]
     window = f"over {escape(report.window)}" if report is not None else ""
+    every = max(5, round(refresh))
     cards = "".join(_card(tip, results.get(tip.number), history.get(tip.number, []), now) for tip in TIPS)
     return (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
-        f'<meta http-equiv="refresh" content="{max(1, round(refresh))}">'
+        f'<meta http-equiv="refresh" content="{every}">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{len(broken)} broken · FastAPI tips</title><style>{_STYLE}</style></head><body>"
         '<header class="top"><h1>FastAPI: ten tips, live</h1>'
-        f"<p>From this service's own metrics {window}; refreshes every {refresh:g} s.</p></header>"
+        f"<p>From this service's own metrics {window}; refreshes every {every} s.</p></header>"
         f'<div class="summary" id="summary" style="color:{colour}">{escape(summary)}</div>'
         f'<main class="grid">{cards}</main></body></html>'
     )
