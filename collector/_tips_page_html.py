@@ -79,7 +79,7 @@ def _chart(tip: Tip, points: Sequence[tuple[float, float | None]], now: float) -
         f'<svg class="chart" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" '
         f'aria-label="{escape(title)}"><title>{escape(title)}</title>'
         f'<rect width="{WIDTH}" height="{HEIGHT}" fill="#f8f9fa"/>{drawn}</svg>'
-        f'<div class="evidence">{escape(signal.description)} <b>{escape(latest)}</b></div>'
+        f'<div class="evidence">{escape(signal.description)} Now: <b>{escape(latest)}</b></div>'
     )
 
 
