@@ -3,7 +3,7 @@
 ``DATABASE_URL``   SQLAlchemy async URL (``postgresql+asyncpg://...``); unset: an embedded SQLite file
 ``REDIS_URL``      ``redis://...``; unset: an in-process cache counted with ``collector.track_cache``
 ``SAMPLE_SEED``    seed of the generated shop data (default 42)
-``SAMPLE_SIZE``    number of customers; products, orders and order lines scale with it (default 1000)
+``SAMPLE_SIZE``    number of customers; products, orders and order lines scale with it (default 2000)
 ``SAMPLE_POOL_SIZE``  connections in the app's pool (default 10); tip 6's tiny pool has 1
 ``SAMPLE_STATIC_URL`` where the storefront's assets live when the app does not serve them (tip 7)
 """
@@ -70,7 +70,7 @@ class Config:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
         env = os.environ if env is None else env
         seed = _int(env, "SAMPLE_SEED", 42, 0, 2**31 - 1)
-        size = _int(env, "SAMPLE_SIZE", 1000, MIN_SIZE, MAX_SIZE)
+        size = _int(env, "SAMPLE_SIZE", 2000, MIN_SIZE, MAX_SIZE)
         work_dir = Path(env.get("SAMPLE_WORK_DIR") or Path(tempfile.gettempdir()) / "sample_app")
         raw_url = env.get("DATABASE_URL", "").strip()
         database_url = (

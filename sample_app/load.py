@@ -191,6 +191,8 @@ async def drive(
             for task in tasks:
                 task.cancel()
         counts.seconds = time.monotonic() - start
+    if progress is not None:
+        progress(counts.seconds, counts.requests, counts.errors, counts.rate)
     return counts
 
 
@@ -239,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         line = f"  {elapsed:6.1f} s  {requests:7d} requests  {errors:5d} errors  {current:7.1f} req/s"
         if live:
             print("\r" + line, end="", file=sys.stderr, flush=True)
-        elif int(elapsed * 2) % 10 == 0:  # every 5 s when the output is a log, not a terminal
+        elif int(elapsed * 2) % 4 == 0:  # every 2 s when the output is a log, not a terminal
             print(line, file=sys.stderr, flush=True)
 
     try:

@@ -59,7 +59,10 @@ def _busy(values: dict[str, float], requests: dict[str, float], at_least: float 
 def summarize(text: str) -> list[str]:
     """One line per tip (4 included), read from a scrape of the app's ``/metrics``."""
     m = _parse(text)
-    total = lambda name: sum(m.get(name, {}).values())  # noqa: E731
+
+    def total(name: str) -> float:
+        return sum(m.get(name, {}).values())
+
     requests = _by(m, "fastapi_request_duration_seconds_count", "route")
     served = sum(requests.values()) or 1.0
     lines: dict[int, tuple[bool, str]] = {}

@@ -1,8 +1,8 @@
 """Deterministic shop data: the same seed and size give the same rows, on SQLite and PostgreSQL alike.
 
-``generate(seed, size)`` builds the rows in memory (``size`` customers, ``size // 20`` products,
-``2 * size`` orders of 1 to 5 lines); ``prepare(engine, seed, size)`` creates the schema and
-loads them unless the database already holds that seed and size.
+``generate(seed, size)`` builds the rows in memory (``size`` customers, ``size // 50`` products,
+at least 20, two orders a customer of 1 to 5 lines each); ``prepare(engine, seed, size)`` creates
+the schema and loads them unless the database already holds that seed and size.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class ShopData:
 
 
 def counts(size: int) -> dict[str, int]:
-    return {"customers": size, "products": max(20, size // 20), "orders": 2 * size}
+    return {"customers": size, "products": max(20, size // 50), "orders": 2 * size}
 
 
 def generate(seed: int, size: int) -> ShopData:
@@ -80,6 +80,9 @@ def generate(seed: int, size: int) -> ShopData:
             }
         )
     prices = {p["id"]: p["price_cents"] for p in data.products}
+    # Two orders each, in a shuffled order: every customer has a history for tip 10 to scan.
+    buyers = [c for c in range(1, n["customers"] + 1) for _ in range(2)]
+    rng.shuffle(buyers)
     line_id = 0
     for i in range(1, n["orders"] + 1):
         total = 0
@@ -100,7 +103,7 @@ def generate(seed: int, size: int) -> ShopData:
             {
                 "id": i,
                 "reference": reference(i),
-                "customer_id": rng.randint(1, n["customers"]),
+                "customer_id": buyers[i - 1],
                 "status": rng.choice(STATUSES),
                 "placed_at": EPOCH + timedelta(minutes=7 * i + rng.randrange(7)),
                 "total_cents": total,
