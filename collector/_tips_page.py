@@ -1,7 +1,7 @@
 """The tips page: the doctor's report of this service, live, served by the app (``tips_page=True``).
 
-A daemon thread renders the process's exposition every ``tips_interval`` seconds (under gunicorn the
-multi-process registry, so every worker, as ``/metrics`` does), parses it and keeps a ring of the
+A daemon thread collects the registry ``/metrics`` serves every ``tips_interval`` seconds (under
+gunicorn the multi-process one, so every worker) without formatting it as text, and keeps a ring of the
 snapshots of the last ``HISTORY_SECONDS``; per snapshot it also keeps each tip's key signal over the
 step, for the charts. Nothing runs per request of the app. A page view judges the tips between the
 newest snapshot and the one ``tips_window`` seconds before it, with the doctor (``collector._doctor``),
@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import deque
+from collections import defaultdict, deque
+from collections.abc import Mapping
 from typing import Any
 
 import anyio.to_thread
@@ -21,7 +22,7 @@ from collector import _faults, exposition, profiling
 from collector._doctor import Report, diagnose, key_value, scrape_vectors
 from collector._tips_page_html import page
 from collector.catalogue import TIPS
-from collector.catalogue.model import Scrape, parse_scrape
+from collector.catalogue.model import Scrape
 from collector.settings import Settings
 
 HISTORY_SECONDS = 600.0
@@ -60,9 +61,13 @@ class Sampler:
                 return
 
     def sample(self) -> None:
-        body, _ = exposition.render(None)
+        # The registry's samples as they are: formatting and re-parsing the text would double the work.
+        samples: dict[str, list[tuple[Mapping[str, str], float]]] = defaultdict(list)
+        for family in exposition._registry().collect():
+            for sample in family.samples:
+                samples[sample.name].append((sample.labels, float(sample.value)))
         now = time.monotonic()
-        snapshot = (now, parse_scrape(body.decode("utf-8")))
+        snapshot = (now, dict(samples))
         with self._lock:
             previous = self.snapshots[-1] if self.snapshots else None
             self.snapshots.append(snapshot)

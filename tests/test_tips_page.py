@@ -76,7 +76,7 @@ def test_the_page_is_404_when_off_and_401_without_the_token(serve) -> None:  # t
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
     tmp = tmp_path_factory.mktemp("tips-page")
-    shop = start_shop(tmp, COLLECTOR_TIPS_PAGE="true", COLLECTOR_TIPS_INTERVAL="1", COLLECTOR_TIPS_WINDOW="8")
+    shop = start_shop(tmp, COLLECTOR_TIPS_PAGE="true", COLLECTOR_TIPS_INTERVAL="2", COLLECTOR_TIPS_WINDOW="10")
     try:
         yield shop
     finally:
@@ -99,7 +99,7 @@ def test_the_page_marks_the_broken_tips_after_antipatterns_and_none_after_fixed(
     chromium(tmp_path, url, "--screenshot=" + str(tmp_path / "tips-page-antipatterns.png"))
     assert (tmp_path / "tips-page-antipatterns.png").stat().st_size > 20_000
 
-    # The window is 8 s of fixed traffic; on a starved machine the loop itself stalls (tip 9) now and
+    # The window is 10 s of fixed traffic; on a starved machine the loop itself stalls (tip 9) now and
     # then, so the page gets a few windows to show none broken.
     for _ in range(3):
         drive(shop, "fixed", 12)
