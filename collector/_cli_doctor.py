@@ -109,8 +109,8 @@ def build_report(args: argparse.Namespace) -> Report:
     return report
 
 
-def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
-    out = out or sys.stdout
+def run(args: argparse.Namespace) -> int:
+    out: TextIO = sys.stdout
     try:
         report = build_report(args)
     except SourceError as exc:

@@ -15,7 +15,7 @@ import urllib.request
 from typing import Any
 
 from collector._doctor import SourceError, VectorOf, scrape_vectors
-from collector.catalogue.model import Expr, Matcher, Vector, parse_scrape
+from collector.catalogue.model import Expr, Matcher, Scrape, Vector, parse_scrape
 
 TIMEOUT = 10.0
 
@@ -113,7 +113,7 @@ class Prometheus:
         return jobs
 
 
-def scrape(url: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+def scrape(url: str) -> Scrape:
     """One parsed scrape of an app's ``/metrics``."""
     try:
         content_type, body = _get(url, "metrics", {"Accept": "text/plain; version=0.0.4"})
@@ -128,7 +128,7 @@ def scrape(url: str) -> dict[str, list[tuple[dict[str, str], float]]]:
         ) from None
     if not any(name.startswith("fastapi_") for name in samples):
         raise SourceError(f"{url} has no fastapi_* metrics: is collector.instrument(app) on?")
-    return samples  # type: ignore[return-value]
+    return samples
 
 
 def two_scrapes(url: str, interval: float) -> tuple[VectorOf, float]:
