@@ -168,19 +168,23 @@ async def drive(
         last_report, last_done = start, 0
         tasks: set[asyncio.Task[None]] = set()
         while True:
-            next_at += rng.expovariate(rate)
             now = time.monotonic()
+            # More than a second behind (a slow app held every slot): skip those arrivals, no burst.
+            next_at = max(next_at, now - 1.0) + rng.expovariate(rate)
             while progress is not None and now - last_report >= 0.5:
                 done = sum(counts.statuses.values())
                 progress(
                     now - start, counts.requests, counts.errors, (done - last_done) / (now - last_report)
                 )
                 last_report, last_done = now, done
-            if next_at >= deadline:
+            if next_at >= deadline or now >= deadline:
                 break
             if next_at > now:
                 await asyncio.sleep(next_at - now)
-            await slots.acquire()
+            try:  # a slow app fills the slots: wait for one, but not past the deadline
+                await asyncio.wait_for(slots.acquire(), max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                break
             template = rng.choices(templates, weights)[0]
             task = asyncio.create_task(one(template, fill(template, rng, data)))
             tasks.add(task)
@@ -237,11 +241,15 @@ def main(argv: list[str] | None = None) -> int:
         )
     live = sys.stderr.isatty()
 
+    next_line = 2.0  # when the output is a log, not a terminal: a line every 2 s
+
     def show(elapsed: float, requests: int, errors: int, current: float) -> None:
+        nonlocal next_line
         line = f"  {elapsed:6.1f} s  {requests:7d} requests  {errors:5d} errors  {current:7.1f} req/s"
         if live:
             print("\r" + line, end="", file=sys.stderr, flush=True)
-        elif int(elapsed * 2) % 4 == 0:  # every 2 s when the output is a log, not a terminal
+        elif elapsed >= next_line:
+            next_line = elapsed + 2.0
             print(line, file=sys.stderr, flush=True)
 
     try:

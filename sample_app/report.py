@@ -123,28 +123,36 @@ def summarize(text: str) -> list[str]:
     mount, sent = _worst(static)
     lines[7] = (sent > 0, f"{sent / 1e6:.1f} MB of static files served by the app from {mount}")
 
-    route, seconds = _worst(_mean_by_route(m, "fastapi_middleware_duration_seconds"))
+    route, seconds = _worst(_busy(_mean_by_route(m, "fastapi_middleware_duration_seconds"), requests))
     base_http = [name for name, v in _by(m, "fastapi_middlewares", "name", kind="base_http").items() if v]
     lines[8] = (
-        seconds > 0.001,
+        seconds > 0.002,
         f"middleware {seconds * 1000:.2f} ms a request on {route}"
         + (f"; BaseHTTPMiddleware: {', '.join(base_http)}" if base_http else ""),
     )
 
+    # A location that stalls again and again is code; one stall is a start-up import or a GC pause.
     location, stalls = _worst(_by(m, "fastapi_event_loop_stalls_total", "location"))
-    route, stalled = _worst(_by(m, "fastapi_event_loop_stalled_requests_total", "route"))
+    stalled = _by(m, "fastapi_event_loop_stalled_requests_total", "route")
+    route, share = _worst(
+        _busy({r: n / requests[r] for r, n in stalled.items() if requests.get(r)}, requests)
+    )
     queued = total("fastapi_threadpool_queue_seconds_sum")
     lines[9] = (
-        stalls > 0,
+        stalls >= 3,
         f"loop stalled {total('fastapi_event_loop_stalls_total'):.0f} times "
-        f"({total('fastapi_event_loop_stalled_seconds_total'):.1f} s), most at {location}; "
-        f"most stalled route {route} ({stalled:.0f}); thread-pool queue {queued:.2f} s",
+        f"({total('fastapi_event_loop_stalled_seconds_total'):.1f} s), {stalls:.0f} at {location}; "
+        f"stalls hit {share:.0%} of {route}'s requests; thread-pool queue {queued:.2f} s",
     )
 
-    route, profiles = _worst(_by(m, "fastapi_profiles_captured_total", "route"))
+    captured = _by(m, "fastapi_profiles_captured_total", "route")
+    route, share = _worst(
+        _busy({r: n / requests[r] for r, n in captured.items() if requests.get(r)}, requests)
+    )
     lines[10] = (
-        profiles > 0,
-        f"{total('fastapi_profiles_captured_total'):.0f} slow requests profiled, most on {route}",
+        share >= 0.5,
+        f"{total('fastapi_profiles_captured_total'):.0f} slow requests profiled; "
+        f"{share:.0%} of {route}'s requests",
     )
 
     return [

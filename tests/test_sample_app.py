@@ -30,6 +30,8 @@ ENV = {
     "SAMPLE_SIZE": SIZE,
     "COLLECTOR_INTERNALS_SAMPLE_RATIO": "1",  # time every request's validation (tip 3)
     "COLLECTOR_TRACING": "off",
+    # Stall locations are kept first come: on a loaded machine, stray stalls could take every slot.
+    "COLLECTOR_STALL_LOCATIONS_MAX": "1000",
 }
 
 
@@ -331,6 +333,11 @@ def embedded_shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     _stop(server)
 
 
+# Middleware time and profiles of slow requests follow latency: a machine under heavy load (or tip 9's
+# stalls) moves them on every route, so other scenarios are not judged on them; their own are.
+LATENCY_BORNE = {8, 10}
+
+
 # tip=9 first: on a loaded machine, stray stalls elsewhere could take up the bounded location labels.
 @pytest.mark.parametrize(
     "scenario", ["tip=9", "fixed", "tip=4", *(f"tip={n}" for n in (1, 2, 3, 5, 6, 7, 8, 10))]
@@ -346,7 +353,15 @@ def test_scenario_breaks_its_tip_only(embedded_shop: Server, scenario: str) -> N
     bad_paths = [p for f in FEATURES if f.tip == tip for p in f.bad]
     assert not bad_paths or any(counts.by_path.get(p) for p in bad_paths), counts.by_path
     expected = {tip} if tip not in (None, 4) else set()
-    assert _broken(before, after) == expected, counts.by_path
+    broken = _broken(before, after)
+    assert broken - LATENCY_BORNE == expected - LATENCY_BORNE, counts.by_path
+    if tip == 8:
+        assert 8 in broken
+    if tip == 10:  # a handful of requests: their own route is where to look
+        route = "/bad/customers/{customer_id}/recommendations"
+        assert metric(after, "fastapi_profiles_captured_total", route=route) > metric(
+            before, "fastapi_profiles_captured_total", route=route
+        )
 
 
 def test_antipatterns_summary_names_the_tips_routes_and_locations(tmp_path: Path) -> None:
@@ -476,3 +491,19 @@ def test_serve_runs_gunicorn_with_a_worker_per_core(tmp_path: Path) -> None:
         _stop(server)
     assert metric(samples, "fastapi_workers") == metric(samples, "fastapi_cpu_cores") == cores
     assert index["counts"]["customers"] == int(SIZE)
+
+
+def test_demo_ends_by_itself_with_the_summary_and_the_full_stack_pointer() -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    result = subprocess.run(
+        ["./scripts/demo", "--seconds", "5", "--port", str(free_port())],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "! tip  6" in result.stdout and "N+1 requests on /bad/orders/recent" in result.stdout
+    assert "docker compose up" in result.stdout
