@@ -76,7 +76,9 @@ def test_the_page_is_404_when_off_and_401_without_the_token(serve) -> None:  # t
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
     tmp = tmp_path_factory.mktemp("tips-page")
-    shop = start_shop(tmp, COLLECTOR_TIPS_PAGE="true", COLLECTOR_TIPS_INTERVAL="2", COLLECTOR_TIPS_WINDOW="10")
+    shop = start_shop(
+        tmp, COLLECTOR_TIPS_PAGE="true", COLLECTOR_TIPS_INTERVAL="2", COLLECTOR_TIPS_WINDOW="10"
+    )
     try:
         yield shop
     finally:
