@@ -12,8 +12,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-SUBCOMMANDS: tuple[str, ...] = ("collector._cli_build",)
-SUBCOMMANDS += ("collector._cli_grafana",)
+SUBCOMMANDS: tuple[str, ...] = ("collector._cli_build", "collector._cli_doctor", "collector._cli_grafana")
 
 
 class CommandError(Exception):

@@ -62,6 +62,11 @@ def _sources() -> list[list[Any]]:
     return groups
 
 
+def families() -> list[Any]:
+    """Every metric family served, each source read apart (the tips page reads them without text)."""
+    return [metric for group in _sources() for metric in group]
+
+
 def _encode(encoder: Encoder, groups: Sequence[list[Any]]) -> bytes:
     try:
         return encoder(_Metrics(metric for group in groups for metric in group))

@@ -29,6 +29,8 @@ class Runtime:
         self.exemplars = tracing and not _multiprocess.enabled()
         self.own_paths = {settings.metrics_path} if settings.metrics_port == 0 else set()
         self.own_prefix = settings.profile_path if settings.profile_endpoint else ""
+        if settings.tips_page:
+            self.own_paths.add(settings.tips_path)
         self._next_process_sample = 0.0
 
     def on_build(self) -> None:
@@ -71,6 +73,10 @@ class Runtime:
                 from collector import profiling
 
                 profiling.start(self.settings)
+            if self.settings.tips_page:
+                from collector import _tips_page
+
+                _tips_page.start(self.settings)
         except Exception as exc:
             _faults.record("start", exc)
 
@@ -83,6 +89,10 @@ class Runtime:
                 from collector import profiling
 
                 profiling.stop()
+            if self.settings.tips_page:
+                from collector import _tips_page
+
+                _tips_page.stop()
         except Exception as exc:
             _faults.record("stop", exc)
         self.started = False
@@ -108,7 +118,11 @@ class Runtime:
         await app(scope, receive_wrapper, send)
 
     async def serve_own(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["path"] in self.own_paths:
+        if self.settings.tips_page and scope["path"] == self.settings.tips_path:
+            from collector import _tips_page
+
+            await _tips_page.serve(self.settings, scope, receive, send)
+        elif scope["path"] in self.own_paths:
             await exposition.serve(self.settings, scope, receive, send)
         else:
             from collector import profiling

@@ -97,6 +97,11 @@ class Settings(BaseSettings):
     profile_endpoint: bool = False
     profile_path: str = "/_collector/profiles"
     profile_token: str | None = None
+    # The live tips page (collector._tips_page), behind profile_token: it shows code locations.
+    tips_page: bool = False
+    tips_path: str = "/_collector/tips"
+    tips_interval: float = Field(default=5.0, gt=0, le=60)
+    tips_window: float = Field(default=60.0, gt=0, le=600)
 
     # Exact paths (after root_path) left out of the request metrics, e.g. probes: /healthz,/readyz.
     exclude_paths: Annotated[tuple[str, ...], NoDecode] = ()
@@ -135,7 +140,7 @@ class Settings(BaseSettings):
             )
         return token
 
-    @field_validator("metrics_path", "profile_path")
+    @field_validator("metrics_path", "profile_path", "tips_path")
     @classmethod
     def _path(cls, path: str) -> str:
         if not _PATH.fullmatch(path):
@@ -147,10 +152,16 @@ class Settings(BaseSettings):
         metrics, profiles = self.metrics_path, self.profile_path
         if metrics == profiles or profiles.startswith(metrics + "/") or metrics.startswith(profiles + "/"):
             raise ValueError(f"profile_path {profiles!r} and metrics_path {metrics!r} overlap")
+        tips = self.tips_path
+        for other in (metrics, profiles):
+            if tips == other or tips.startswith(other + "/") or other.startswith(tips + "/"):
+                raise ValueError(f"tips_path {tips!r} and {other!r} overlap")
         if self.profile_endpoint and not self.profile_token:
             raise ValueError(
                 "profile_endpoint needs profile_token (COLLECTOR_PROFILE_TOKEN): profiles show code"
             )
+        if self.tips_page and not self.profile_token:
+            raise ValueError("tips_page needs profile_token (COLLECTOR_PROFILE_TOKEN): the page shows code")
         return self
 
 

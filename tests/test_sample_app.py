@@ -505,5 +505,5 @@ def test_demo_ends_by_itself_with_the_summary_and_the_full_stack_pointer() -> No
         check=False,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    assert "! tip  6" in result.stdout and "N+1 requests on /bad/orders/recent" in result.stdout
+    assert "FastAPITip6NPlusOne: " in result.stdout and "on route=/bad/orders/recent" in result.stdout
     assert "docker compose up" in result.stdout

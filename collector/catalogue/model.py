@@ -389,12 +389,16 @@ class Check:
 
     def evaluate(self, before: Scrape, after: Scrape, seconds: float) -> Vector:
         """Every series of the signal that passes the guard and the unless, with its value."""
-        values = self.signal.expr.evaluate(before, after, seconds)
+        return self.judge(lambda expr: expr.evaluate(before, after, seconds))
+
+    def judge(self, vector: Callable[[Expr], Vector]) -> Vector:
+        """``evaluate`` over any source of vectors (two scrapes, or Prometheus queries)."""
+        values = vector(self.signal.expr)
         if self.guard is not None:
-            guard = self.guard.signal.expr.evaluate(before, after, seconds)
+            guard = vector(self.guard.signal.expr)
             values = {k: v for k, v in values.items() if guard.get(k, 0.0) >= self.guard.minimum.value}
         if self.unless is not None:
-            unless = self.unless.expr.evaluate(before, after, seconds)
+            unless = vector(self.unless.expr)
             values = {k: v for k, v in values.items() if unless.get(k, 0.0) <= 0}
         return values
 

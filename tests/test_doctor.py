@@ -1,0 +1,435 @@
+"""The doctor: verdicts and ranking from the catalogue's checks, both sources, and bad input as one line.
+
+The served tests run the sample app under gunicorn (two workers, metrics from the master on their own
+port, so a worker's blocked loop does not fail a scrape) and a real Prometheus scraping it every second.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import pytest
+
+from collector._doctor import diagnose, scrape_vectors
+from collector.catalogue.model import parse_scrape
+from tests.conftest import POSTGRES_URL, REDIS_URL, ROOT, VENV_BIN, free_port
+
+PROMETHEUS = Path("/usr/bin/prometheus")
+TOKEN = "doctor-test-token"
+
+# Exposition text ----------------------------------------------------------------------------------
+
+
+def _requests(route: str, count: float, seconds: float) -> str:
+    labels = f'method="GET",route="{route}",status="200"'
+    return (
+        f"fastapi_request_duration_seconds_count{{{labels}}} {count}\n"
+        f"fastapi_request_duration_seconds_sum{{{labels}}} {seconds}\n"
+    )
+
+
+def _middleware(route: str, count: float, seconds: float) -> str:
+    return (
+        f'fastapi_middleware_duration_seconds_count{{route="{route}"}} {count}\n'
+        f'fastapi_middleware_duration_seconds_sum{{route="{route}"}} {seconds}\n'
+    )
+
+
+def _report(before: str, after: str, seconds: float = 10.0):  # type: ignore[no-untyped-def]
+    vector = scrape_vectors(parse_scrape(before), parse_scrape(after), seconds)
+    return diagnose(vector, "test", f"{seconds} s")
+
+
+def _tip(report, number: int):  # type: ignore[no-untyped-def]
+    return next(t for t in report.tips if t.number == number)
+
+
+# The diagnosis ------------------------------------------------------------------------------------
+
+
+def test_the_breach_on_the_route_holding_most_request_time_ranks_first() -> None:
+    # Both routes spend half their time in middleware; /busy holds 10x the request time of /quiet.
+    before = _requests("/busy", 0, 0) + _requests("/quiet", 0, 0) + _middleware("/busy", 0, 0)
+    before += _middleware("/quiet", 0, 0)
+    after = _requests("/busy", 100, 10) + _requests("/quiet", 10, 1)
+    after += _middleware("/busy", 100, 5) + _middleware("/quiet", 10, 0.5)
+    tip = _tip(_report(before, after), 8)
+    assert tip.status == "broken"
+    assert [f.labels["route"] for f in tip.findings] == ["/busy", "/quiet"]
+    assert tip.findings[0].impact > 5 * tip.findings[1].impact
+    assert tip.top("route") == "/busy"
+
+
+def test_a_value_between_the_warn_level_and_the_threshold_is_a_warning() -> None:
+    # Middleware at 15 % of latency: over the 10 % early level, under the 20 % alert.
+    after = _requests("/a", 100, 10) + _middleware("/a", 100, 1.5)
+    report = _report(_requests("/a", 0, 0) + _middleware("/a", 0, 0), after)
+    assert _tip(report, 8).status == "warning"
+    assert report.broken == []
+
+
+def test_broken_tips_rank_before_warnings_and_no_data_before_ok() -> None:
+    before = _requests("/a", 0, 0) + _middleware("/a", 0, 0)
+    before += 'fastapi_cache_requests_total{cache="c",result="hit"} 0\n'
+    before += 'fastapi_cache_requests_total{cache="c",result="miss"} 0\n'
+    before += 'fastapi_static_responses_total{mount="/s"} 0\n'
+    after = _requests("/a", 100, 10) + _middleware("/a", 100, 1.5)  # tip 8: warning
+    after += 'fastapi_static_responses_total{mount="/s"} 0\n'  # tip 7: ok
+    after += 'fastapi_cache_requests_total{cache="c",result="hit"} 1\n'  # tip 5: broken (10 %)
+    after += 'fastapi_cache_requests_total{cache="c",result="miss"} 9\n'
+    report = _report(before, after)
+    statuses = [t.status for t in report.tips]
+    assert report.tips[0].number == 5 and statuses[0] == "broken"
+    assert statuses.index("warning") < statuses.index("no data") < statuses.index("ok")
+    assert statuses == sorted(statuses, key=["broken", "warning", "no data", "ok"].index)
+
+
+def test_no_data_says_why_traffic_or_the_setting_the_tip_needs() -> None:
+    report = _report(_requests("/a", 0, 0), _requests("/a", 100, 10))
+    database = _tip(report, 6)
+    assert database.status == "no data"
+    assert "instrument_engine" in database.why
+    idle = _report(_requests("/a", 0, 0), _requests("/a", 0, 0))
+    assert "too little traffic" in _tip(idle, 8).why
+    assert _tip(idle, 8).status == "no data"
+
+
+def _latency(route: str, fast: float, slow: float) -> str:
+    """A latency histogram: ``fast`` requests under 1 s, ``slow`` ones between 1 and 5 s."""
+    labels = f'method="GET",route="{route}",status="200"'
+    return "".join(
+        f'fastapi_request_duration_seconds_bucket{{le="{le}",{labels}}} {count}\n'
+        for le, count in (("1.0", fast), ("5.0", fast + slow), ("+Inf", fast + slow))
+    ) + _requests(route, fast + slow, 3 * slow)
+
+
+def test_a_slow_route_is_broken_unless_profiles_of_it_were_kept_as_in_the_alert() -> None:
+    before, after = _latency("/slow", 0, 0), _latency("/slow", 0, 20)
+    assert _tip(_report(before, after), 10).status == "broken"
+    kept = 'fastapi_profiles_captured_total{route="/slow"} '
+    report = _report(before + kept + "0\n", after + kept + "3\n")
+    assert _tip(report, 10).status == "ok"
+    assert "silenced" in _tip(report, 10).why
+
+
+# Bad input: one line, the right exit code -----------------------------------------------------------
+
+
+def doctor(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("COLLECTOR_PROFILE_TOKEN", None)
+    return subprocess.run(
+        [sys.executable, "-m", "collector", "doctor", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=ROOT,
+    )
+
+
+def assert_one_line(result: subprocess.CompletedProcess[str], code: int, *words: str) -> None:
+    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+@pytest.fixture
+def answering() -> Iterator[object]:
+    """``answering(status, content_type, body)``: a local HTTP server that answers every GET so."""
+    servers: list[ThreadingHTTPServer] = []
+
+    def start(status: int, content_type: str, body: str) -> str:
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                data = body.encode()
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+
+
+def test_a_prometheus_that_is_down_is_one_line_and_exit_2() -> None:
+    result = doctor("--prometheus", f"http://127.0.0.1:{free_port()}")
+    assert_one_line(result, 2, "cannot reach Prometheus")
+
+
+def test_a_prometheus_url_answering_html_is_one_line_and_exit_2(answering) -> None:  # type: ignore[no-untyped-def]
+    url = answering(200, "text/html", "<!doctype html><html><body>Grafana</body></html>")
+    assert_one_line(doctor("--prometheus", url), 2, "not JSON", "Prometheus base URL")
+    url = answering(404, "text/html", "<html>404 page not found</html>")
+    assert_one_line(doctor("--prometheus", url), 2, "HTTP 404")
+
+
+def test_a_metrics_url_that_is_not_prometheus_text_is_one_line_and_exit_2(answering) -> None:  # type: ignore[no-untyped-def]
+    url = answering(200, "text/html", "<html><body>{not metrics}</body></html>")
+    assert_one_line(
+        doctor("--metrics-url", url + "/metrics", "--interval", "0.5"), 2, "not answer Prometheus text"
+    )
+    url = answering(200, "text/plain", "# TYPE up gauge\nup 1\n")
+    assert_one_line(doctor("--metrics-url", url, "--interval", "0.5"), 2, "no fastapi_* metrics")
+    assert_one_line(doctor("--metrics-url", f"http://127.0.0.1:{free_port()}/metrics"), 2, "cannot reach")
+
+
+def test_bad_arguments_are_one_line_and_exit_2() -> None:
+    assert_one_line(doctor("--prometheus", "http://127.0.0.1:1", "--since", "thirty"), 2, "--since")
+    assert_one_line(doctor("--prometheus", "http://127.0.0.1:1", "--job", ""), 2, "--job is empty")
+    assert_one_line(doctor("--metrics-url", "ftp://example/metrics"), 2, "not an http(s) URL")
+
+
+def _prometheus(tmp: Path, target: str, *flags: str) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    config = tmp / "prometheus.yml"
+    config.write_text(
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        f"scrape_configs:\n  - job_name: shop\n    static_configs: [{{targets: ['{target}']}}]\n"
+    )
+    process = subprocess.Popen(
+        [
+            str(PROMETHEUS),
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            *flags,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/-/ready", timeout=2).status_code == 200:
+                return process, url
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    process.kill()
+    raise RuntimeError("Prometheus did not become ready")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(5)
+
+
+@pytest.mark.skipif(not PROMETHEUS.exists(), reason="needs /usr/bin/prometheus")
+def test_a_prometheus_answering_an_error_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    # A real Prometheus that refuses every query touching more than one sample.
+    process, url = _prometheus(tmp_path, "127.0.0.1:9", "--query.max-samples=1")
+    try:
+        time.sleep(2.5)  # a few scrapes of its target (down): samples of `up` to refuse
+        result = doctor("--prometheus", url)
+        assert result.returncode == 2, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+        assert "answered an error" in result.stderr or "no fastapi_* series" in result.stderr
+    finally:
+        _stop(process)
+
+
+# Served: the sample app and a real Prometheus ---------------------------------------------------
+
+
+@dataclass
+class Shop:
+    url: str
+    metrics_url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+
+def start_shop(tmp: Path, **env: str) -> Shop:
+    """The sample app under gunicorn (two workers), metrics from the master on their own port."""
+    port, metrics_port = free_port(), free_port()
+    environment = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "DATABASE_URL": POSTGRES_URL,
+        "REDIS_URL": REDIS_URL,
+        "SAMPLE_SIZE": "200",
+        "SAMPLE_WORK_DIR": str(tmp / "work"),
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp / "multiproc"),
+        "COLLECTOR_METRICS_PORT": str(metrics_port),
+        "COLLECTOR_METRICS_ADDR": "127.0.0.1",
+        "COLLECTOR_INTERNALS_SAMPLE_RATIO": "1",
+        "COLLECTOR_PROFILE_ENDPOINT": "true",
+        "COLLECTOR_PROFILE_TOKEN": TOKEN,
+        **env,
+    }
+    log = tmp / f"shop-{port}.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [str(VENV_BIN / "python"), "-m", "sample_app.serve", "--port", str(port), "--workers", "2"],
+            cwd=ROOT,
+            env=environment,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    shop = Shop(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics", process, log)
+    deadline = time.monotonic() + 150
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the sample app exited:\n{log.read_text(errors='replace')}")
+        try:
+            if httpx.get(shop.url + "/good/popular-products", timeout=5).status_code == 200:
+                return shop
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    _stop(process)
+    raise RuntimeError(f"the sample app did not start:\n{log.read_text(errors='replace')}")
+
+
+def load(shop: Shop, scenario: str, seconds: float, rate: float = 8.0) -> None:
+    from sample_app.load import run
+
+    run(shop.url, scenario, seconds, rate, seed=1)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Shop, str]]:
+    if not PROMETHEUS.exists():
+        pytest.skip("needs /usr/bin/prometheus")
+    tmp = tmp_path_factory.mktemp("served")
+    shop = start_shop(tmp)
+    try:
+        prometheus, url = _prometheus(tmp, shop.metrics_url.split("/")[2])
+        try:
+            yield shop, url
+        finally:
+            _stop(prometheus)
+    finally:
+        _stop(shop.process)
+
+
+def _verdicts(result: subprocess.CompletedProcess[str]) -> dict[int, dict[str, object]]:
+    assert result.returncode in (0, 1), result.stderr
+    return {t["tip"]: t for t in json.loads(result.stdout)["tips"]}
+
+
+def _borderline(tip: dict[str, object]) -> bool:
+    """A tip whose worst value sits within a factor 1.5 of its threshold: rate windows may tip it."""
+    findings = tip["findings"]
+    assert isinstance(findings, list)
+    return any(
+        f["severity_ratio"] is not None and 1 / 1.5 <= f["severity_ratio"] <= 1.5 for f in findings[:1]
+    )
+
+
+@pytest.mark.timeout(420)
+def test_both_modes_agree_on_the_same_traffic(served: tuple[Shop, str]) -> None:
+    shop, prometheus = served
+    load(shop, "antipatterns", 6)  # every series exists before the first scrape of both modes
+    time.sleep(3)
+    window = 30
+    runner = threading.Thread(target=load, args=(shop, "antipatterns", window - 8))
+    local: list[subprocess.CompletedProcess[str]] = []
+    scrapes = threading.Thread(
+        target=lambda: local.append(
+            doctor("--metrics-url", shop.metrics_url, "--interval", str(window), "--format", "json")
+        )
+    )
+    scrapes.start()
+    time.sleep(2)
+    runner.start()
+    runner.join()
+    scrapes.join()
+    remote = doctor("--prometheus", prometheus, "--job", "shop", "--since", f"{window}s", "--format", "json")
+    by_scrapes, by_prometheus = _verdicts(local[0]), _verdicts(remote)
+    broken_locally = {n for n, t in by_scrapes.items() if t["status"] == "broken"}
+    assert len(broken_locally) >= 3, by_scrapes  # the antipatterns break most tips
+    decided = [
+        n
+        for n in by_scrapes
+        if not _borderline(by_scrapes[n])
+        and not _borderline(by_prometheus[n])
+        and "no data" not in (by_scrapes[n]["status"], by_prometheus[n]["status"])
+    ]
+    assert len(decided) >= 5, (by_scrapes, by_prometheus)
+    for n in decided:
+        assert by_scrapes[n]["status"] == by_prometheus[n]["status"], (n, by_scrapes[n], by_prometheus[n])
+        assert by_scrapes[n]["route"] == by_prometheus[n]["route"] or by_scrapes[n]["status"] == "ok", n
+    assert (local[0].returncode == 1) == bool(broken_locally)
+
+
+@pytest.mark.timeout(300)
+def test_the_report_is_plain_text_off_a_tty_with_the_fix_and_runbook(served: tuple[Shop, str]) -> None:
+    shop, _ = served
+    runner = threading.Thread(target=load, args=(shop, "tip=6", 10))
+    runner.start()
+    result = doctor("--metrics-url", shop.metrics_url, "--interval", "8")
+    runner.join()
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "\033[" not in result.stdout
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("collector doctor: ") and "tip 6" in lines[0]
+    assert any(line.strip().startswith("Fix: ") for line in lines)
+    assert any("docs/runbooks/tip6-" in line for line in lines)
+
+
+@pytest.mark.timeout(300)
+def test_the_slowest_profiles_are_listed_with_their_hottest_function(served: tuple[Shop, str]) -> None:
+    shop, _ = served
+    load(shop, "tip=10", 6, rate=6)
+    profiles = f"{shop.url}/_collector/profiles"
+    result = doctor(
+        "--metrics-url",
+        shop.metrics_url,
+        "--interval",
+        "1",
+        "--profiles-url",
+        profiles,
+        "--token",
+        TOKEN,
+        "--format",
+        "json",
+    )
+    report = json.loads(result.stdout)
+    assert report["profiles"], report["notes"]
+    durations = [p["duration_seconds"] for p in report["profiles"]]
+    assert durations == sorted(durations, reverse=True)
+    assert any(p["hottest"] and p["hottest"]["function"] for p in report["profiles"])
+    refused = doctor(
+        "--metrics-url", shop.metrics_url, "--interval", "1", "--profiles-url", profiles, "--format", "json"
+    )
+    assert any("401" in note for note in json.loads(refused.stdout)["notes"])
+
+
+@pytest.mark.timeout(300)
+def test_a_job_prometheus_does_not_have_is_one_line_and_exit_2(served: tuple[Shop, str]) -> None:
+    _, prometheus = served
+    time.sleep(2)
+    assert_one_line(doctor("--prometheus", prometheus, "--job", "nosuch"), 2, "'nosuch'", "jobs seen: shop")
