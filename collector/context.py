@@ -24,6 +24,7 @@ class RequestContext:
     endpoint_done = False
     status = 0
     span: Any = None
+    task: Any = None  # the asyncio task running the endpoint, set by the route hook while profiling
     trace_id: str | None = None
     # FastAPI's internals (dependencies, validation, serialization, size) are timed for this request.
     timed = False

@@ -6,7 +6,7 @@ from time import perf_counter
 from typing import Any
 
 from collector.context import RequestContext
-from collector.profiling import Profile, Store
+from collector._profile_store import Profile, Store
 from tests.conftest import Server, value
 
 TOKEN = "test-profile-token-7f3a"
