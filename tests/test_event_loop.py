@@ -33,9 +33,11 @@ def test_a_blocking_call_in_an_async_view_is_counted_with_its_location(serve: An
 
 def test_requests_in_flight_during_a_stall_are_counted_on_their_route(serve: Any) -> None:
     server = serve(APP)
-    waiter = threading.Thread(target=server.get, args=("/async-sleep",), kwargs={"params": {"seconds": 0.6}})
+    waiter = threading.Thread(target=server.get, args=("/async-sleep",), kwargs={"params": {"seconds": 2}})
     waiter.start()
-    time.sleep(0.2)
+    # In flight for sure before the loop is blocked, however slowly the machine starts the request.
+    in_progress = "fastapi_requests_in_progress"
+    assert _eventually(lambda: value(server.metrics(), in_progress, route="/async-sleep") == 1)
     server.get("/blocking")
     waiter.join()
     metrics = server.metrics()

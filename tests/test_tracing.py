@@ -102,3 +102,26 @@ def test_spans_are_exported_over_otlp_when_the_endpoint_is_set(serve: Any) -> No
     request.ParseFromString(received[0])
     names = [s.name for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans]
     assert names == ["GET /items/{item_id}"]
+
+
+def test_undoing_tracing_uninstruments_the_app_and_stops_annotating_spans() -> None:
+    from collector import _patches, routes
+
+    exporter = InMemorySpanExporter()
+    app = _traced_app(exporter)
+    assert tracing.annotate in routes.on_route_exit
+    assert {p.component for p in _patches.active("tracing")} == {"tracing"}
+    _patches.undo("tracing")
+    assert not getattr(app, "_is_instrumented_by_opentelemetry", False)
+    assert tracing.annotate not in routes.on_route_exit
+    assert not routes.capture_span
+    with TestClient(app) as client:
+        assert client.get("/items/1").status_code == 200
+    layer, layers = app.middleware_stack, []
+    while layer is not None and len(layers) < 20:
+        layers.append(type(layer).__name__)
+        layer = getattr(layer, "app", None)
+    assert "OpenTelemetryMiddleware" not in layers
+    _flush()
+    # FastAPI's own telemetry may still make spans from the global provider; none is the collector's.
+    assert [s.name for s in exporter.get_finished_spans() if "collector.route" in (s.attributes or {})] == []
