@@ -200,3 +200,14 @@ def _location_of(metrics: Any, function: str) -> str:
     (location,) = [s["location"] for s in _app_stalls(metrics) if f":{function}:" in s["location"]]
     assert location.startswith("tests/apps/loop.py:blocking_view:")
     return location
+
+
+def test_caller_location_names_the_application_code_that_called_into_a_library() -> None:
+    from collector import _frames
+
+    def library_call() -> str:  # stands for the collector's own listener, which asks where it was called from
+        return _frames.caller_location(0)
+
+    location = library_call()
+    assert location.startswith("tests/test_event_loop.py:library_call:")
+    assert _frames.namer().innermost_app_code([library_call.__code__]) is library_call.__code__

@@ -154,7 +154,7 @@ def test_slow_request_behind_base_http_middleware_is_profiled_down_to_its_endpoi
     assert hottest_leaf(speedscope(server, only_profile(server, "/cpu"))) == "crunch"
 
 
-def test_endpoint_task_started_after_the_middleware_was_seen_is_still_found(serve: Any) -> None:
+def test_endpoint_task_started_late_behind_a_base_http_middleware_is_still_found(serve: Any) -> None:
     server = start(serve, PROFILING_TEST_BASE_HTTP="slow")
     assert server.get("/await", params={"seconds": 0.3}).status_code == 200
 
