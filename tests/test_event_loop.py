@@ -33,12 +33,13 @@ def test_a_blocking_call_in_an_async_view_is_counted_with_its_location(serve: An
 
 def test_requests_in_flight_during_a_stall_are_counted_on_their_route(serve: Any) -> None:
     server = serve(APP)
-    waiter = threading.Thread(target=server.get, args=("/async-sleep",), kwargs={"params": {"seconds": 2}})
+    waiter = threading.Thread(target=server.get, args=("/async-sleep",), kwargs={"params": {"seconds": 5}})
     waiter.start()
-    # In flight for sure before the loop is blocked, however slowly the machine starts the request.
-    in_progress = "fastapi_requests_in_progress"
-    assert _eventually(lambda: value(server.metrics(), in_progress, route="/async-sleep") == 1)
-    server.get("/blocking")
+    with server.client() as client:
+        # In flight for sure before the loop is blocked, and long after, however loaded the machine.
+        in_progress = "fastapi_requests_in_progress"
+        assert _eventually(lambda: value(server.metrics(), in_progress, route="/async-sleep") == 1)
+        client.get("/blocking")
     waiter.join()
     metrics = server.metrics()
     assert value(metrics, "fastapi_event_loop_stalled_requests_total", route="/async-sleep") == 1

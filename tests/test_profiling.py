@@ -235,8 +235,12 @@ def test_endpoint_without_a_token_refuses_and_shows_no_profile(serve: Any) -> No
     assert server.get("/cpu", params={"seconds": 0.25}).status_code == 200
     profile_id = only_profile(server, "/cpu")["id"]
 
-    for path in (PATH, PATH + "/", f"{PATH}/{profile_id}", f"{PATH}/{profile_id}.speedscope.json"):
-        response = server.get(path)
+    with server.client() as client:
+        responses = [
+            (path, client.get(path))
+            for path in (PATH, PATH + "/", f"{PATH}/{profile_id}", f"{PATH}/{profile_id}.speedscope.json")
+        ]
+    for path, response in responses:
         assert response.status_code == 401, path
         assert response.headers["www-authenticate"] == "Bearer"
         assert profile_id not in response.text and "crunch" not in response.text
@@ -255,11 +259,12 @@ def test_endpoint_with_a_wrong_token_refuses_and_shows_no_profile(serve: Any) ->
         {"params": {"token": "wrong"}},
         {"params": {"token": ""}},
     ]
-    for attempt in attempts:
-        for path in (PATH, f"{PATH}/{profile_id}", f"{PATH}/{profile_id}.speedscope.json"):
-            response = server.get(path, **attempt)
-            assert response.status_code == 401, (path, attempt)
-            assert profile_id not in response.text and "crunch" not in response.text
+    with server.client() as client:
+        for attempt in attempts:
+            for path in (PATH, f"{PATH}/{profile_id}", f"{PATH}/{profile_id}.speedscope.json"):
+                response = client.get(path, **attempt)
+                assert response.status_code == 401, (path, attempt)
+                assert profile_id not in response.text and "crunch" not in response.text
 
 
 def test_endpoint_with_the_token_serves_the_list_html_and_speedscope(serve: Any) -> None:
@@ -317,10 +322,11 @@ def test_profiling_is_off_by_default_and_keeps_nothing(serve: Any) -> None:
 
 def test_a_token_that_is_not_ascii_is_refused_not_an_error(serve: Any) -> None:
     server = start(serve)
-    for token in ("€", "é" * 30, TOKEN + "€", "\x00"):
-        response = server.get(PATH, params={"token": token})
-        assert response.status_code == 401, (token, response.text)
-        assert response.json() == {"detail": "a valid profile token is required"}
+    with server.client() as client:
+        for token in ("€", "é" * 30, TOKEN + "€", "\x00"):
+            response = client.get(PATH, params={"token": token})
+            assert response.status_code == 401, (token, response.text)
+            assert response.json() == {"detail": "a valid profile token is required"}
     assert "Traceback" not in server.output()
 
 
