@@ -26,7 +26,9 @@ def test_a_blocking_call_in_an_async_view_is_counted_with_its_location(serve: An
     blocking = [loc for loc in locations if loc.startswith("tests/apps/core.py:blocking_view:")]
     assert len(blocking) == 1, locations
     assert value(metrics, "fastapi_event_loop_stalls_total", location=blocking[0]) == 1
-    assert 0.2 <= value(metrics, "fastapi_event_loop_stalled_seconds_total") <= 1.0
+    # A loaded machine may stall the loop elsewhere too: each stall here lasts well under a second.
+    stalls_count = value(metrics, "fastapi_event_loop_stalls_total")
+    assert 0.2 <= value(metrics, "fastapi_event_loop_stalled_seconds_total") <= 1.0 * stalls_count
     assert value(metrics, "fastapi_event_loop_lag_seconds_count") > 0
     assert value(metrics, "fastapi_event_loop_stalled_requests_total", route="/blocking") == 1
 
