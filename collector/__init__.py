@@ -104,10 +104,7 @@ def instrument(app: Any, **settings: Any) -> Runtime | None:
     static.install()
     with_tracing = tracing.wanted(config)
     if with_tracing:
-        tracing.setup_tracing(app, config)
-        routes.capture_span = True
-        if tracing.annotate not in routes.on_route_exit:
-            routes.on_route_exit.append(tracing.annotate)
+        tracing.setup_tracing(app, config)  # registers the span annotation in the ledger itself
     runtime = Runtime(app, config, with_tracing)
     setattr(app, _ATTR, runtime)
     _apps.add(app)

@@ -26,18 +26,15 @@ import contextlib
 import functools
 import logging
 import re
-import sys
 import time
 from collections.abc import Callable
 from contextvars import ContextVar
 from time import perf_counter
-from types import FrameType
 from typing import Any
 
-from collector import _faults, _patches, routes
+from collector import _faults, _frames, _patches, routes
 from collector._updates import observer, route_observer
 from collector.context import RequestContext, current
-from collector.event_loop import LocationNamer
 from collector.metrics import (
     DB_N_PLUS_ONE,
     DB_POOL_CONNECTIONS,
@@ -153,7 +150,6 @@ _per_request: dict[str, Callable[[float], None]] = {}
 _n_plus_one: dict[str, Any] = {}
 _slow: dict[str, Any] = {}
 _last_logged: dict[str, float] = {}
-_namer: LocationNamer | None = None
 
 
 def _statement(statement: str) -> Statement:
@@ -224,26 +220,7 @@ def _child(cache: dict[str, Any], metric: Any, route: str) -> Any:
 
 def location() -> str:
     """The innermost application frame running this statement, across the AsyncEngine greenlet."""
-    namer = _namer if _namer is not None else LocationNamer()
-    frame: FrameType | None = sys._getframe(1)
-    while frame is not None:
-        if namer.is_app_file(frame.f_code.co_filename):
-            return namer.name(frame)
-        frame = frame.f_back
-    try:  # under AsyncEngine the statement runs in a child greenlet; the awaiting code is its parent's
-        import greenlet
-
-        parent = greenlet.getcurrent().parent
-        while parent is not None:
-            frame = parent.gr_frame
-            while frame is not None:
-                if namer.is_app_file(frame.f_code.co_filename):
-                    return namer.name(frame)
-                frame = frame.f_back
-            parent = parent.parent
-    except ImportError:
-        pass
-    return namer.name(sys._getframe(1))
+    return _frames.caller_location(skip=0)
 
 
 def _repeated(ctx: RequestContext, fingerprint: str) -> None:
@@ -462,9 +439,7 @@ def _refresh() -> None:
 
 def attach(source: str, refresh_pools: Callable[[], None]) -> None:
     """``source`` (an engine, a driver) reports statements now; its pools are read before each scrape."""
-    global _namer
     if not _patches.active(COMPONENT):
-        _namer = LocationNamer()
         _patches.record(COMPONENT, "statement sources", _sources.clear)
         routes.on_route_exit.append(_on_route_exit)
         _patches.record(

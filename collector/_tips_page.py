@@ -18,7 +18,7 @@ from typing import Any
 
 import anyio.to_thread
 
-from collector import _faults, exposition, profiling
+from collector import _faults, _profile_endpoint, exposition
 from collector._doctor import Report, diagnose, key_value, scrape_vectors
 from collector._tips_page_html import page
 from collector.catalogue import TIPS
@@ -126,12 +126,12 @@ _CSP = (b"content-security-policy", b"default-src 'none'; style-src 'unsafe-inli
 
 async def serve(settings: Settings, scope: dict[str, Any], receive: Any, send: Any) -> None:
     """``GET {tips_path}``: the page; ``?format=json``: the same report as JSON."""
-    if not profiling._authorized(settings, scope):
-        return await profiling._error(
+    if not _profile_endpoint.authorized(settings, scope):
+        return await _profile_endpoint.error(
             scope, send, 401, "a valid profile token is required", (b"www-authenticate", b"Bearer")
         )
     if scope["method"] not in ("GET", "HEAD"):
-        return await profiling._error(scope, send, 405, "method not allowed", (b"allow", b"GET, HEAD"))
+        return await _profile_endpoint.error(scope, send, 405, "method not allowed", (b"allow", b"GET, HEAD"))
     as_json = b"format=json" in scope.get("query_string", b"")
     body, content_type = await anyio.to_thread.run_sync(_render, settings, as_json)
-    await profiling._respond(scope, send, 200, body, content_type, _CSP)
+    await _profile_endpoint.respond(scope, send, 200, body, content_type, _CSP)

@@ -33,6 +33,7 @@ class RequestContext:
     # The static-file mount label, for a StaticFiles mount or a FastAPI frontend.
     static_mount: str | None = None
     span: Any = None
+    task: Any = None  # the asyncio task running the endpoint, set by the route hook while profiling
     trace_id: str | None = None
     # FastAPI's internals (dependencies, validation, serialization, size) are timed for this request.
     timed = False

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+from asyncio import current_task
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from time import perf_counter
 from typing import Any
@@ -48,6 +49,7 @@ _background: dict[str, Callable[[float], None]] = {}
 
 # Hooks that were enabled by instrument(); read on every request, so kept as module flags.
 capture_span = False
+track_tasks = False  # the profiler's: each request's context names the task running its endpoint
 # Called once per request when its endpoint has produced the whole response (or raised),
 # while the request's span is still open.
 on_route_exit: list[Callable[[RequestContext], None]] = []
@@ -155,6 +157,8 @@ async def _observed(
         if ctx.span is not None:
             send = _send_ending_span(ctx, send)
     ctx.route_enter = perf_counter()
+    if track_tasks:
+        ctx.task = current_task()
     try:
         await original(route, scope, receive, send)
     finally:

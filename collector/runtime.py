@@ -66,6 +66,7 @@ class Runtime:
                     max_locations=self.settings.stall_locations_max,
                     in_flight=in_flight,
                     on_beat=self._on_beat,
+                    on_end=self._on_loop_end,
                 )
                 monitor.start()
                 _monitors[loop] = monitor
@@ -82,13 +83,14 @@ class Runtime:
 
     def stop(self) -> None:
         try:
-            monitor = _monitors.pop(asyncio.get_running_loop(), None)
+            loop = asyncio.get_running_loop()
+            monitor = _monitors.pop(loop, None)
             if monitor is not None:
                 monitor.stop()
             if self.settings.profile:
                 from collector import profiling
 
-                profiling.stop()
+                profiling.stop(loop)
             if self.settings.tips_page:
                 from collector import _tips_page
 
@@ -97,8 +99,26 @@ class Runtime:
             _faults.record("stop", exc)
         self.started = False
 
+    def _on_loop_end(self, monitor: LoopMonitor) -> None:
+        """The monitor's loop stopped or closed without a lifespan shutdown: forget it.
+
+        A next request on a new loop (a test client without ``with``) starts the samplers there.
+        """
+        loop = monitor.loop
+        if loop is not None and _monitors.get(loop) is monitor:
+            del _monitors[loop]
+            if self.settings.profile:
+                from collector import profiling
+
+                profiling.stop(loop)
+        self.started = False
+
     def _on_beat(self, now: float) -> None:
         threadpool.sample()
+        if self.settings.profile:
+            from collector import profiling
+
+            profiling.keep_alive()
         if now >= self._next_process_sample and _process is not None:
             self._next_process_sample = now + self.settings.process_sample_interval
             _process.sample()

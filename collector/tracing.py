@@ -1,11 +1,20 @@
-"""OpenTelemetry set-up: the FastAPI instrumentation, a sampler, and OTLP when configured."""
+"""OpenTelemetry set-up: the FastAPI instrumentation, a sampler, and OTLP when configured.
+
+What tracing changes outside itself goes through the patch ledger under the component
+``"tracing"``: the app's FastAPI instrumentation (undone by ``FastAPIInstrumentor.uninstrument_app``),
+the route hook's span capture and the span annotation in ``routes.on_route_exit``.
+"""
 
 from __future__ import annotations
 
 import os
 from typing import Any
 
+from collector import _patches, routes
+from collector.event_loop import stall_seconds
 from collector.settings import Settings
+
+COMPONENT = "tracing"
 
 
 def otlp_endpoint() -> str | None:
@@ -32,6 +41,10 @@ def setup_tracing(app: Any, settings: Settings, exporter: Any = None) -> None:
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
     from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
+    if annotate not in routes.on_route_exit:
+        routes.on_route_exit.append(annotate)
+        _patches.record(COMPONENT, "routes.on_route_exit: span annotation", _remove_annotate)
+        _patches.replace(COMPONENT, routes, "capture_span", True)
     if getattr(app, "_is_instrumented_by_opentelemetry", False):
         return
     provider = trace.get_tracer_provider()
@@ -51,6 +64,16 @@ def setup_tracing(app: Any, settings: Settings, exporter: Any = None) -> None:
     FastAPIInstrumentor.instrument_app(
         app, tracer_provider=provider, exclude_spans=["receive", "send"], excluded_urls=excluded
     )
+    _patches.record(
+        COMPONENT,
+        f"FastAPIInstrumentor.instrument_app({type(app).__name__} at {id(app):#x})",
+        lambda: FastAPIInstrumentor.uninstrument_app(app),
+    )
+
+
+def _remove_annotate() -> None:
+    if annotate in routes.on_route_exit:
+        routes.on_route_exit.remove(annotate)
 
 
 def annotate(ctx: Any) -> None:
@@ -62,7 +85,9 @@ def annotate(ctx: Any) -> None:
     if ctx.queries:
         span.set_attribute("collector.db.queries", ctx.queries)
     if ctx.stalls:
-        for location, seconds in ctx.stalls:
-            span.add_event("event_loop.stall", {"code.location": location, "stall.seconds": seconds})
+        for stall in ctx.stalls:
+            span.add_event(
+                "event_loop.stall", {"code.location": stall[0], "stall.seconds": stall_seconds(stall)}
+            )
     if ctx.profile_id:
         span.set_attribute("collector.profile_id", ctx.profile_id)
