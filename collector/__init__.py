@@ -106,6 +106,10 @@ def instrument(app: Any, **settings: Any) -> Runtime | None:
     if with_tracing:
         tracing.setup_tracing(app, config)  # registers the span annotation in the ledger itself
     runtime = Runtime(app, config, with_tracing)
+    if config.tips_page:
+        from collector import _tips_page
+
+        runtime.add_page(config.tips_path, _tips_page)
     setattr(app, _ATTR, runtime)
     _apps.add(app)
     routes.install_hooks()

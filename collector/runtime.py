@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, Protocol
 
 from collector import _faults, _multiprocess, exposition, routes, threadpool
 from collector.context import in_flight
@@ -21,6 +21,14 @@ _process: ProcessSampler | None = None
 _served_ports: set[int] = set()
 
 
+class Page(Protocol):
+    def start(self, settings: Settings) -> None: ...
+
+    def stop(self) -> None: ...
+
+    async def serve(self, settings: Settings, scope: Any, receive: Any, send: Any) -> None: ...
+
+
 class Runtime:
     def __init__(self, app: Any, settings: Settings, tracing: bool) -> None:
         self.app = app
@@ -29,9 +37,14 @@ class Runtime:
         self.exemplars = tracing and not _multiprocess.enabled()
         self.own_paths = {settings.metrics_path} if settings.metrics_port == 0 else set()
         self.own_prefix = settings.profile_path if settings.profile_endpoint else ""
-        if settings.tips_page:
-            self.own_paths.add(settings.tips_path)
+        # Pages served by the app at their own path, added by instrument() (the tips page reads the
+        # catalogue, a layer above this module): path -> the module that starts, stops and serves it.
+        self.pages: dict[str, Page] = {}
         self._next_process_sample = 0.0
+
+    def add_page(self, path: str, page: Page) -> None:
+        self.pages[path] = page
+        self.own_paths.add(path)
 
     def on_build(self) -> None:
         """Record the route and middleware inventories once the app's stack is built."""
@@ -74,10 +87,8 @@ class Runtime:
                 from collector import profiling
 
                 profiling.start(self.settings)
-            if self.settings.tips_page:
-                from collector import _tips_page
-
-                _tips_page.start(self.settings)
+            for page in self.pages.values():
+                page.start(self.settings)
         except Exception as exc:
             _faults.record("start", exc)
 
@@ -91,10 +102,8 @@ class Runtime:
                 from collector import profiling
 
                 profiling.stop(loop)
-            if self.settings.tips_page:
-                from collector import _tips_page
-
-                _tips_page.stop()
+            for page in self.pages.values():
+                page.stop()
         except Exception as exc:
             _faults.record("stop", exc)
         self.started = False
@@ -138,10 +147,9 @@ class Runtime:
         await app(scope, receive_wrapper, send)
 
     async def serve_own(self, scope: Any, receive: Any, send: Any) -> None:
-        if self.settings.tips_page and scope["path"] == self.settings.tips_path:
-            from collector import _tips_page
-
-            await _tips_page.serve(self.settings, scope, receive, send)
+        page = self.pages.get(scope["path"])
+        if page is not None:
+            await page.serve(self.settings, scope, receive, send)
         elif scope["path"] in self.own_paths:
             await exposition.serve(self.settings, scope, receive, send)
         else:
