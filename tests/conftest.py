@@ -187,6 +187,12 @@ def interpreter_restored() -> Iterator[None]:
 
     before = _patched_attributes()
     yield
+    import collector
+
+    # Apps a test attached in-process are detached here, as the app's shutdown would: what must hold
+    # is that detaching the last one leaves the interpreter exactly as it was.
+    for app in list(collector._apps):
+        collector.uninstrument(app)
     left = [entry.describe() for entry in _patches.active()]
     after = _patched_attributes()
     _patches.undo_all()  # one leaking test must not fail every test after it
