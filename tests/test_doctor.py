@@ -23,6 +23,7 @@ import pytest
 
 from collector._doctor import diagnose, scrape_vectors
 from collector.catalogue.model import parse_scrape
+from collector.catalogue.tips import MIDDLEWARE_SHARE
 from tests.conftest import POSTGRES_URL, REDIS_URL, ROOT, VENV_BIN, free_port
 
 PROMETHEUS = Path("/usr/bin/prometheus")
@@ -71,9 +72,15 @@ def test_the_breach_on_the_route_holding_most_request_time_ranks_first() -> None
     assert tip.top("route") == "/busy"
 
 
+def _between_warn_and_threshold() -> float:
+    """Middleware seconds, over 100 requests of 10 s in all, halfway between tip 8's early level and alert."""
+    share = MIDDLEWARE_SHARE.value if MIDDLEWARE_SHARE.warn is None else MIDDLEWARE_SHARE.warn
+    return 10 * (share + MIDDLEWARE_SHARE.value) / 2
+
+
 def test_a_value_between_the_warn_level_and_the_threshold_is_a_warning() -> None:
-    # Middleware at 15 % of latency: over the 10 % early level, under the 20 % alert.
-    after = _requests("/a", 100, 10) + _middleware("/a", 100, 1.5)
+    assert MIDDLEWARE_SHARE.warn is not None  # the catalogue gives tip 8 an early level
+    after = _requests("/a", 100, 10) + _middleware("/a", 100, _between_warn_and_threshold())
     report = _report(_requests("/a", 0, 0) + _middleware("/a", 0, 0), after)
     assert _tip(report, 8).status == "warning"
     assert report.broken == []
@@ -84,7 +91,7 @@ def test_broken_tips_rank_before_warnings_and_no_data_before_ok() -> None:
     before += 'fastapi_cache_requests_total{cache="c",result="hit"} 0\n'
     before += 'fastapi_cache_requests_total{cache="c",result="miss"} 0\n'
     before += 'fastapi_static_responses_total{mount="/s"} 0\n'
-    after = _requests("/a", 100, 10) + _middleware("/a", 100, 1.5)  # tip 8: warning
+    after = _requests("/a", 100, 10) + _middleware("/a", 100, _between_warn_and_threshold())  # tip 8: warning
     after += 'fastapi_static_responses_total{mount="/s"} 0\n'  # tip 7: ok
     after += 'fastapi_cache_requests_total{cache="c",result="hit"} 1\n'  # tip 5: broken (10 %)
     after += 'fastapi_cache_requests_total{cache="c",result="miss"} 9\n'
