@@ -40,7 +40,7 @@ from collector._doctor import Report, SourceError  # noqa: E402
 from sample_app.load import run as drive  # noqa: E402
 from sample_app.tips import features  # noqa: E402
 
-TOKEN = "diagnosis-benchmark"
+TOKEN = "diagnosis-benchmark-0123456789"
 # Where the doctor should point for each tip: the label that names the place, and its value(s).
 WHERE: dict[int, tuple[str, tuple[str, ...]]] = {
     5: ("cache", ("shop",)),

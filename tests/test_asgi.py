@@ -336,7 +336,11 @@ def test_latency_buckets_are_set_from_the_environment(serve: Any) -> None:
 def test_bad_latency_buckets_stop_the_import_with_one_clear_error(buckets: str, reason: str) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "COLLECTOR_LATENCY_BUCKETS": buckets}
     result = subprocess.run(
-        [sys.executable, "-c", "import collector.metrics"], env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", "import collector.metrics"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode != 0
     assert "Traceback" not in result.stderr

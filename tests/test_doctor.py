@@ -27,7 +27,7 @@ from collector.catalogue.tips import MIDDLEWARE_SHARE
 from tests.conftest import POSTGRES_URL, REDIS_URL, ROOT, VENV_BIN, free_port
 
 PROMETHEUS = Path("/usr/bin/prometheus")
-TOKEN = "doctor-test-token"
+TOKEN = "doctor-test-token-0123456789"
 
 # Exposition text ----------------------------------------------------------------------------------
 
@@ -293,6 +293,8 @@ def start_shop(tmp: Path, **env: str) -> Shop:
         "COLLECTOR_INTERNALS_SAMPLE_RATIO": "1",
         "COLLECTOR_PROFILE_ENDPOINT": "true",
         "COLLECTOR_PROFILE_TOKEN": TOKEN,
+        # Small data answers in milliseconds on a quiet machine: keep profiles of those too.
+        "COLLECTOR_PROFILE_THRESHOLD": "0.005",
         **env,
     }
     log = tmp / f"shop-{port}.log"

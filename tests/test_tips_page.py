@@ -62,12 +62,13 @@ def test_the_page_is_404_when_off_and_401_without_the_token(serve) -> None:  # t
     off = serve("tests.apps.core:app")
     assert off.get(PAGE, params={"token": "x"}).status_code == 404
     on = serve(
-        "tests.apps.core:app", env={"COLLECTOR_TIPS_PAGE": "true", "COLLECTOR_PROFILE_TOKEN": "secret"}
+        "tests.apps.core:app",
+        env={"COLLECTOR_TIPS_PAGE": "true", "COLLECTOR_PROFILE_TOKEN": "tips-page-secret-0123456789"},
     )
     assert on.get(PAGE).status_code == 401
     assert on.get(PAGE, params={"token": "wrong"}).status_code == 401
     assert on.get(PAGE, headers={"Authorization": "Bearer wrong"}).status_code == 401
-    page = on.get(PAGE, headers={"Authorization": "Bearer secret"})
+    page = on.get(PAGE, headers={"Authorization": "Bearer tips-page-secret-0123456789"})
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "default-src 'none'" in page.headers["content-security-policy"]
     assert "/_collector/tips" not in on.get("/metrics").text  # the page is not one of the app's routes
