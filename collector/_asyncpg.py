@@ -28,10 +28,9 @@ from time import perf_counter
 from typing import Any
 from urllib.parse import urlsplit
 
-from collector import _faults, _patches, _sql
+from collector import _faults, _patches, _sql, resources
 from collector._sql import batch as _batch
 from collector._sql import once as _once
-from collector.metrics import RESOURCES_CREATED
 
 __all__ = ["instrument_asyncpg", "uninstrument_asyncpg"]
 
@@ -164,20 +163,6 @@ def _timed_acquire(original: Callable[..., Any]) -> Callable[..., Any]:
     return _acquire
 
 
-def _counting_connections(original: Callable[..., None]) -> Callable[..., None]:
-    created = RESOURCES_CREATED.labels("db_connection")
-
-    @functools.wraps(original)
-    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-        original(self, *args, **kwargs)
-        try:
-            created.inc()
-        except Exception as exc:
-            _faults.record("database", exc)
-
-    return __init__
-
-
 def instrument_asyncpg(
     *,
     name: str | None = None,
@@ -209,7 +194,12 @@ def instrument_asyncpg(
     pool = asyncpg.pool.Pool
     _patches.replace(COMPONENT, pool, "_acquire", _timed_acquire(pool._acquire))
     connection = asyncpg.connection.Connection
-    _patches.replace(COMPONENT, connection, "__init__", _counting_connections(connection.__init__))
+    _patches.replace(
+        COMPONENT,
+        connection,
+        "__init__",
+        resources.counting(connection.__init__, "db_connection", "database"),
+    )
     _driver.end()
 
 

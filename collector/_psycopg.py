@@ -25,9 +25,8 @@ from collections.abc import Callable
 from time import perf_counter
 from typing import Any
 
-from collector import _faults, _patches, _sql
+from collector import _faults, _patches, _sql, resources
 from collector._sql import batch, once
-from collector.metrics import RESOURCES_CREATED
 
 __all__ = ["instrument_psycopg", "uninstrument_psycopg"]
 
@@ -164,20 +163,6 @@ def _timed_getconn_async(original: Callable[..., Any]) -> Callable[..., Any]:
     return getconn
 
 
-def _counting_connections(original: Callable[..., None]) -> Callable[..., None]:
-    created = RESOURCES_CREATED.labels("db_connection")
-
-    @functools.wraps(original)
-    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-        original(self, *args, **kwargs)
-        try:
-            created.inc()
-        except Exception as exc:
-            _faults.record("database", exc)
-
-    return __init__
-
-
 def instrument_psycopg(
     *,
     name: str | None = None,
@@ -207,7 +192,9 @@ def instrument_psycopg(
         timed = _timed_getconn_async if "Async" in pool.__name__ else _timed_getconn
         _patches.replace(COMPONENT, pool, "getconn", timed(pool.getconn))
     base = _connection_base(psycopg)
-    _patches.replace(COMPONENT, base, "__init__", _counting_connections(base.__init__))
+    _patches.replace(
+        COMPONENT, base, "__init__", resources.counting(base.__init__, "db_connection", "database")
+    )
     _driver.end()
 
 

@@ -38,7 +38,8 @@ COMPONENT = "resources"
 _users = 0
 
 
-def _counting(original: Callable[..., None], kind: str) -> Callable[..., None]:
+def counting(original: Callable[..., None], kind: str, component: str = "resources") -> Callable[..., None]:
+    """``original`` (an ``__init__``) that counts each object it makes as a resource of ``kind``."""
     created = RESOURCES_CREATED.labels(kind)
 
     @functools.wraps(original)
@@ -47,7 +48,7 @@ def _counting(original: Callable[..., None], kind: str) -> Callable[..., None]:
         try:
             created.inc()
         except Exception as exc:
-            _faults.record("resources", exc)
+            _faults.record(component, exc)
 
     return __init__
 
@@ -56,7 +57,7 @@ def _patch_module(name: str, module: ModuleType) -> None:
     for class_name, kind in TARGETS[name]:
         cls = getattr(module, class_name, None)
         if isinstance(cls, type) and "__init__" in vars(cls) and not _patched(cls):
-            _patches.replace(COMPONENT, cls, "__init__", _counting(vars(cls)["__init__"], kind))
+            _patches.replace(COMPONENT, cls, "__init__", counting(vars(cls)["__init__"], kind))
 
 
 def _patched(cls: type) -> bool:

@@ -313,6 +313,7 @@ def drive(
     print(f"\n{scenario}: {counts.requests} requests, {counts.errors} errors in {counts.seconds:.1f} s")
 
 
+@pytest.mark.e2e
 @pytest.mark.timeout(400)
 def test_each_tips_alert_fires_under_antipatterns_reaches_alertmanager_and_none_under_fixed(
     multiproc_dir: str, daemons: Callable[..., Daemon], tmp_path: Path

@@ -87,6 +87,7 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium")
+@pytest.mark.e2e
 @pytest.mark.timeout(600)
 def test_the_page_marks_the_broken_tips_after_antipatterns_and_none_after_fixed(
     shop: Shop, tmp_path: Path

@@ -269,16 +269,17 @@ TIP2 = Tip(
 # Tip 3: lean Pydantic models -----------------------------------------------------------------------
 VALIDATION_SHARE = Threshold(
     "validation_share",
-    0.08,
+    0.15,
     "ratio",
     "Share of a route's latency spent validating and serializing (the article: up to 40 %).",
-    warn=0.05,
+    warn=0.1,
     reason=(
         "Measured: the sample's nested 50-order list spends 12.2 % of its latency validating and "
         "serializing, its lean summary 1.0 %, and the heaviest fixed route (recent orders with lines) 4.2"
         " %. 8 % clears both; the article's 40 % needs far larger models than the sample's."
         " End-to-end test on the shared 2-core machine (load average 13 to 15): 8.6 % on the nested list,"
-        " every fixed route under 4 %."
+        " every fixed route under 4 %. On an idle machine the broken shipping quote and order list reach"
+        " 35 % and 21 %, while fast fixed routes reach 8.7 % (recent orders): 15 % separates them there."
     ),
 )
 PYDANTIC_MEAN = Signal(
