@@ -10,7 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +47,16 @@ def value(samples: Samples, name: str, /, **labels: str) -> float:
     """Sum of the samples of ``name`` whose labels include ``labels``."""
     wanted = set(labels.items())
     return sum(v for (n, ls), v in samples.items() if n == name and wanted <= ls)
+
+
+def scrape_until(scrape: Callable[[], Samples], name: str, wanted: float, timeout: float = 60.0) -> Samples:
+    """Scrape until ``name`` sums to ``wanted`` (e.g. every gunicorn worker booted), or the timeout."""
+    deadline = time.monotonic() + timeout
+    samples = scrape()
+    while value(samples, name) != wanted and time.monotonic() < deadline:
+        time.sleep(0.5)
+        samples = scrape()
+    return samples
 
 
 def series(samples: Samples, name: str, /) -> list[dict[str, str]]:

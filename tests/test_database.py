@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,7 +19,7 @@ from sqlalchemy.pool import Pool
 import collector
 from collector import _patches, _sql, database, metrics, routes
 from collector.context import RequestContext, current
-from tests.conftest import POSTGRES_URL, Samples, Server, free_port, series, value
+from tests.conftest import POSTGRES_URL, Samples, Server, free_port, scrape_until, series, value
 
 ASYNCPG_POOL = "postgresql+asyncpg://" + POSTGRES_URL.split("@", 1)[1]  # the URL without its user
 
@@ -252,8 +251,8 @@ def test_pool_gauges_under_gunicorn_come_from_each_worker_heartbeat(
     for _ in range(6):
         with server.client() as client:  # a new connection each time: gunicorn spreads them over workers
             assert client.get("/parents/selectin").status_code == 200
-    time.sleep(0.5)
-    after = server.metrics()
+    time.sleep(0.5)  # the workers write their pools' counts on their next heartbeat
+    after = scrape_until(server.metrics, "fastapi_workers", 2)  # the second worker may still be booting
     assert value(after, "fastapi_workers") == 2
     # pool_size=2 in each of the two live workers, summed; nothing checked out once the requests are done
     assert value(after, "fastapi_db_pool_connections", pool=ASYNCPG_POOL, state="size") == 4

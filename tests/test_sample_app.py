@@ -22,7 +22,17 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from sample_app import load, report, seed
 from sample_app.tips import FEATURES
-from tests.conftest import POSTGRES_URL, REDIS_URL, ROOT, VENV_BIN, Samples, Server, _wait_ready, free_port
+from tests.conftest import (
+    POSTGRES_URL,
+    REDIS_URL,
+    ROOT,
+    VENV_BIN,
+    Samples,
+    Server,
+    _wait_ready,
+    free_port,
+    scrape_until,
+)
 from tests.conftest import value as metric
 
 SIZE = "2000"  # the default: tip 10's slow scan needs the data to be slow
@@ -485,7 +495,7 @@ def test_serve_runs_gunicorn_with_a_worker_per_core(tmp_path: Path) -> None:
     env = {"SAMPLE_WORK_DIR": str(tmp_path), "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}
     server = _start(env, tmp_path / "server.log", gunicorn_workers=cores)
     try:
-        samples = server.metrics()
+        samples = scrape_until(server.metrics, "fastapi_workers", cores)  # workers boot one after another
         index = json.loads(server.get("/").text)
     finally:
         _stop(server)

@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -120,10 +121,21 @@ def test_the_page_marks_the_broken_tips_after_antipatterns_and_none_after_fixed(
 
 @pytest.mark.timeout(300)
 def test_the_page_counts_every_gunicorn_worker_as_metrics_does(shop: Shop) -> None:
-    report = httpx.get(f"{shop.url}{PAGE}", params={"token": TOKEN, "format": "json"}, timeout=60).json()
+    deadline = time.monotonic() + 60
+    while True:  # until every worker has booted and the page holds two samples of them
+        metrics = httpx.get(shop.metrics_url, timeout=60).text
+        report = httpx.get(f"{shop.url}{PAGE}", params={"token": TOKEN, "format": "json"}, timeout=60).json()
+        live = re.search(r"^fastapi_workers (\S+)$", metrics, re.M)
+        cores = re.search(r"^fastapi_cpu_cores (\S+)$", metrics, re.M)
+        tip4 = [t for t in report["tips"] if t["tip"] == 4 and t["evidence"].get("Workers per core")]
+        seen = tip4[0]["evidence"]["Workers per core"][0]["value"] if tip4 else None
+        if live and cores and float(live.group(1)) == 2 and seen == pytest.approx(2 / float(cores.group(1))):
+            break
+        if time.monotonic() > deadline:
+            break
+        time.sleep(1)
     workers = next(t for t in report["tips"] if t["tip"] == 4)
     (ratio,) = workers["evidence"]["Workers per core"]
-    metrics = httpx.get(shop.metrics_url, timeout=60).text
     live = float(re.search(r"^fastapi_workers (\S+)$", metrics, re.M).group(1))  # type: ignore[union-attr]
     cores = float(re.search(r"^fastapi_cpu_cores (\S+)$", metrics, re.M).group(1))  # type: ignore[union-attr]
     assert live == 2
