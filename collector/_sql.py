@@ -441,12 +441,8 @@ def attach(source: str, refresh_pools: Callable[[], None]) -> None:
     """``source`` (an engine, a driver) reports statements now; its pools are read before each scrape."""
     if not _patches.active(COMPONENT):
         _patches.record(COMPONENT, "statement sources", _sources.clear)
-        routes.on_route_exit.append(_on_route_exit)
-        _patches.record(
-            COMPONENT, "routes.on_route_exit entry", _remover(routes.on_route_exit, _on_route_exit)
-        )
-        REFRESHERS.append(_refresh)
-        _patches.record(COMPONENT, "metrics.REFRESHERS entry", _remover(REFRESHERS, _refresh))
+        routes.register(COMPONENT, routes.on_route_exit, _on_route_exit)
+        routes.register(COMPONENT, REFRESHERS, _refresh)
     _sources[source] = refresh_pools
 
 
@@ -455,14 +451,6 @@ def detach(source: str) -> None:
     _sources.pop(source, None)
     if not _sources:
         _patches.undo(COMPONENT)
-
-
-def _remover(registry: list[Any], item: Any) -> Callable[[], None]:
-    def remove() -> None:
-        if item in registry:
-            registry.remove(item)
-
-    return remove
 
 
 class Pools:

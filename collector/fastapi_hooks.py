@@ -304,8 +304,7 @@ def install() -> None:
                 _patches.replace(COMPONENT, owner, name, wrapped)
             else:
                 _swaps.append((owner, name, original, wrapped))
-        routes.on_route_exit.append(_observe)
-        _patches.record(COMPONENT, "route exit hook", _remove_observe)
+        routes.register(COMPONENT, routes.on_route_exit, _observe)
     _users += 1
 
 
@@ -315,11 +314,6 @@ def uninstall() -> None:
     _users = max(0, _users - 1)
     if not _users:
         _patches.undo(COMPONENT)
-
-
-def _remove_observe() -> None:
-    if _observe in routes.on_route_exit:
-        routes.on_route_exit.remove(_observe)
 
 
 def _stop_swaps() -> None:

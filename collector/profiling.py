@@ -40,8 +40,7 @@ def start(settings: Settings) -> None:
     if _profiler is None:
         _profiler = Profiler(settings)
         # First, so that the span annotation (appended earlier) sees the profile id.
-        routes.on_route_exit.insert(0, _on_route_exit)
-        _patches.record(COMPONENT, "routes.on_route_exit: the profiler's", _remove_route_exit)
+        routes.register(COMPONENT, routes.on_route_exit, _on_route_exit, first=True)
         _patches.replace(COMPONENT, routes, "track_tasks", True)
         _profile_sampler.next_run_sync = _patches.replace(
             COMPONENT, anyio.to_thread, "run_sync", _profile_sampler.run_sync
@@ -86,11 +85,6 @@ async def serve(settings: Settings, scope: dict[str, Any], receive: Any, send: A
 def _on_route_exit(ctx: RequestContext) -> None:
     if _profiler is not None:
         _profiler.on_route_exit(ctx)
-
-
-def _remove_route_exit() -> None:
-    if _on_route_exit in routes.on_route_exit:
-        routes.on_route_exit.remove(_on_route_exit)
 
 
 def _forget() -> None:

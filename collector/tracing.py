@@ -42,8 +42,7 @@ def setup_tracing(app: Any, settings: Settings, exporter: Any = None) -> None:
     from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
     if annotate not in routes.on_route_exit:
-        routes.on_route_exit.append(annotate)
-        _patches.record(COMPONENT, "routes.on_route_exit: span annotation", _remove_annotate)
+        routes.register(COMPONENT, routes.on_route_exit, annotate)
         _patches.replace(COMPONENT, routes, "capture_span", True)
     if getattr(app, "_is_instrumented_by_opentelemetry", False):
         return
@@ -69,11 +68,6 @@ def setup_tracing(app: Any, settings: Settings, exporter: Any = None) -> None:
         f"FastAPIInstrumentor.instrument_app({type(app).__name__} at {id(app):#x})",
         lambda: FastAPIInstrumentor.uninstrument_app(app),
     )
-
-
-def _remove_annotate() -> None:
-    if annotate in routes.on_route_exit:
-        routes.on_route_exit.remove(annotate)
 
 
 def annotate(ctx: Any) -> None:
