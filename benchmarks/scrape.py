@@ -63,7 +63,7 @@ def create_app() -> Any:
     from pydantic import BaseModel
 
     import collector
-    from collector import exposition
+    from collector import _exposition as exposition
 
     class Item(BaseModel):
         id: int
@@ -92,7 +92,7 @@ def render_cost_child(series: int, workers: int, repeats: int) -> None:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
     else:
         fill(series)
-    from collector import exposition
+    from collector import _exposition as exposition
 
     times = []
     body = b""

@@ -12,8 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from collector._asyncpg import instrument_asyncpg, uninstrument_asyncpg
-    from collector._psycopg import instrument_psycopg, uninstrument_psycopg
-    from collector.cache import (
+    from collector._cache import (
         CacheHeaderMiddleware,
         instrument_cashews,
         instrument_redis,
@@ -22,29 +21,30 @@ if TYPE_CHECKING:
         uninstrument_cashews,
         uninstrument_redis,
     )
-    from collector.database import instrument_engine, uninstrument_engine
-    from collector.runtime import Runtime
-    from collector.settings import ConfigError, Settings
+    from collector._database import instrument_engine, uninstrument_engine
+    from collector._psycopg import instrument_psycopg, uninstrument_psycopg
+    from collector._runtime import Runtime
+    from collector._settings import ConfigError, Settings
 
 # The public names load on first use: ``python:collector.gunicorn_conf`` imports this package in
 # the gunicorn master, which must not load the library (nor create a metric) before it prepares
 # the multiprocess directory.
 _LAZY = {
-    "CacheHeaderMiddleware": "collector.cache",
-    "ConfigError": "collector.settings",
-    "Settings": "collector.settings",
+    "CacheHeaderMiddleware": "collector._cache",
+    "ConfigError": "collector._settings",
+    "Settings": "collector._settings",
     "instrument_asyncpg": "collector._asyncpg",
-    "instrument_cashews": "collector.cache",
-    "instrument_engine": "collector.database",
+    "instrument_cashews": "collector._cache",
+    "instrument_engine": "collector._database",
     "instrument_psycopg": "collector._psycopg",
-    "instrument_redis": "collector.cache",
-    "record_cache": "collector.cache",
-    "track_cache": "collector.cache",
+    "instrument_redis": "collector._cache",
+    "record_cache": "collector._cache",
+    "track_cache": "collector._cache",
     "uninstrument_asyncpg": "collector._asyncpg",
-    "uninstrument_cashews": "collector.cache",
-    "uninstrument_engine": "collector.database",
+    "uninstrument_cashews": "collector._cache",
+    "uninstrument_engine": "collector._database",
     "uninstrument_psycopg": "collector._psycopg",
-    "uninstrument_redis": "collector.cache",
+    "uninstrument_redis": "collector._cache",
 }
 
 
@@ -88,10 +88,15 @@ def instrument(app: Any, **settings: Any) -> Runtime | None:
     Settings are keyword arguments or ``COLLECTOR_*`` environment variables. A bad keyword
     raises ``ConfigError``; a bad variable stops the process with the reason, at start-up.
     """
-    from collector import fastapi_hooks, resources, routes, static, threadpool, tracing
-    from collector.asgi import CollectorMiddleware
-    from collector.runtime import Runtime, start_metrics_port
-    from collector.settings import load
+    from collector import _fastapi_hooks as fastapi_hooks
+    from collector import _resources as resources
+    from collector import _routes as routes
+    from collector import _static as static
+    from collector import _threadpool as threadpool
+    from collector import _tracing as tracing
+    from collector._asgi import CollectorMiddleware
+    from collector._runtime import Runtime, start_metrics_port
+    from collector._settings import load
 
     existing: Runtime | None = getattr(app, _ATTR, None)
     if existing is not None:
@@ -137,7 +142,10 @@ def uninstrument(app: Any) -> None:
     process, newest first (its patch ledger): engines, drivers and caches instrumented on
     their own included, so the interpreter is as it was before the first ``instrument``.
     """
-    from collector import _patches, fastapi_hooks, resources, static
+    from collector import _fastapi_hooks as fastapi_hooks
+    from collector import _patches
+    from collector import _resources as resources
+    from collector import _static as static
 
     runtime: Runtime | None = getattr(app, _ATTR, None)
     if runtime is None:

@@ -5,7 +5,7 @@
 the ``copy_*`` family, prepared statements' ``fetch*``/``executemany``/``explain`` and the
 first round trip of a cursor. Each is counted and fingerprinted by ``collector._sql``
 (an ``executemany`` of N counts N statements, one round trip) and attributed to the request
-in ``collector.context.current``. Not counted: what the driver sends for itself, the pool's
+in ``collector._context.current``. Not counted: what the driver sends for itself, the pool's
 reset on release and the transaction control of ``Connection.transaction()`` (as SQLAlchemy's
 never reaches its execute methods either), and statements under an instrumented SQLAlchemy
 engine, which counts them itself.
@@ -28,7 +28,8 @@ from time import perf_counter
 from typing import Any
 from urllib.parse import urlsplit
 
-from collector import _faults, _patches, _sql, resources
+from collector import _faults, _patches, _sql
+from collector import _resources as resources
 from collector._sql import batch as _batch
 from collector._sql import once as _once
 

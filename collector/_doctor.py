@@ -19,10 +19,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from collector._event_loop import OTHER_LOCATION
 from collector.catalogue import TIPS
 from collector.catalogue.model import Check, Expr, Labels, Scrape, Tip, Vector, project
 from collector.catalogue.tips import RUNBOOK_BASE_URL
-from collector.event_loop import OTHER_LOCATION
 
 Status = Literal["broken", "warning", "no data", "ok"]
 RANK: dict[Status, int] = {"broken": 0, "warning": 1, "no data": 2, "ok": 3}

@@ -18,7 +18,7 @@ import anyio.to_thread
 from collector._frames import namer
 from collector._profile_render import hottest, html, speedscope
 from collector._profile_store import Store
-from collector.settings import Settings
+from collector._settings import Settings
 
 SPEEDSCOPE_SUFFIX = ".speedscope.json"
 

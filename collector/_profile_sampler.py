@@ -27,9 +27,10 @@ from time import perf_counter, thread_time
 from types import AsyncGeneratorType, CoroutineType, FrameType, GeneratorType
 from typing import Any, TypeVar
 
-from collector import _faults, routes
-from collector.asgi import CollectorMiddleware
-from collector.context import RequestContext, current, in_flight, snapshot
+from collector import _faults
+from collector import _routes as routes
+from collector._asgi import CollectorMiddleware
+from collector._context import RequestContext, current, in_flight, snapshot
 
 # A stack is flat, outermost first: (code, f_lasti, code, f_lasti, ...); a synthetic frame is (name, 0).
 # f_lasti is a cheap read; line numbers are looked up only when a kept profile is rendered.

@@ -15,10 +15,10 @@ from collections import OrderedDict
 from time import perf_counter
 from typing import Any
 
+from collector._context import RequestContext
 from collector._profile_sampler import Sampler, Stack
-from collector.context import RequestContext
+from collector._settings import Settings
 from collector.metrics import PROFILES_CAPTURED
-from collector.settings import Settings
 
 _WINDOW_MIN, _WINDOW_MAX = 1_000, 10_000
 

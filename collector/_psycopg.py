@@ -5,7 +5,7 @@ server-side), ``execute`` and ``executemany`` (timed), and ``stream`` and ``copy
 when called: they hand back a stream). ``Connection.execute`` and pipelines go through the
 cursors. Each statement is counted and fingerprinted by ``collector._sql`` (an
 ``executemany`` of N counts N statements, one round trip) and attributed to the request in
-``collector.context.current``. psycopg's own transaction control (``transaction()``, the
+``collector._context.current``. psycopg's own transaction control (``transaction()``, the
 implicit ``BEGIN``) never reaches the cursors and is not counted, as under SQLAlchemy;
 statements under an instrumented SQLAlchemy engine are left to the engine.
 
@@ -25,7 +25,8 @@ from collections.abc import Callable
 from time import perf_counter
 from typing import Any
 
-from collector import _faults, _patches, _sql, resources
+from collector import _faults, _patches, _sql
+from collector import _resources as resources
 from collector._sql import batch, once
 
 __all__ = ["instrument_psycopg", "uninstrument_psycopg"]

@@ -1,6 +1,6 @@
 """Statements, whatever runs them: the fingerprint normaliser and the per-request accounting (tip 6).
 
-SQLAlchemy engines (``collector.database``) and the raw drivers (``collector._asyncpg``,
+SQLAlchemy engines (``collector._database``) and the raw drivers (``collector._asyncpg``,
 ``collector._psycopg``) all report here, so a statement is fingerprinted, counted, timed
 and judged an N+1 the same way whichever path ran it.
 
@@ -32,9 +32,11 @@ from contextvars import ContextVar
 from time import perf_counter
 from typing import Any
 
-from collector import _faults, _frames, _patches, routes
+from collector import _faults, _frames, _patches
+from collector import _routes as routes
+from collector._context import RequestContext, current
+from collector._settings import Settings, load
 from collector._updates import observer, route_observer
-from collector.context import RequestContext, current
 from collector.metrics import (
     DB_N_PLUS_ONE,
     DB_POOL_CONNECTIONS,
@@ -44,7 +46,6 @@ from collector.metrics import (
     DB_SLOW_QUERIES,
     REFRESHERS,
 )
-from collector.settings import Settings, load
 
 __all__ = ["Statement", "attach", "count", "detach", "fingerprint", "finish"]
 

@@ -18,12 +18,13 @@ from typing import Any
 
 import anyio.to_thread
 
-from collector import _faults, _profile_endpoint, exposition
+from collector import _exposition as exposition
+from collector import _faults, _profile_endpoint
 from collector._doctor import Report, diagnose, key_value, scrape_vectors
+from collector._settings import Settings
 from collector._tips_page_html import page
 from collector.catalogue import TIPS
 from collector.catalogue.model import Scrape
-from collector.settings import Settings
 
 HISTORY_SECONDS = 600.0
 

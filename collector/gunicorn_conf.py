@@ -28,7 +28,7 @@ workers = int(os.environ.get("WEB_CONCURRENCY") or _multiprocess.cpu_cores())
 
 def on_starting(server: Any) -> None:
     """Stop at start-up on a bad ``COLLECTOR_*`` variable: in a worker it would only be respawned."""
-    from collector.settings import load
+    from collector._settings import load
 
     settings = load()
     if _directory is None:
@@ -43,8 +43,8 @@ def when_ready(server: Any) -> None:
     """Serve every worker's metrics from the master when ``COLLECTOR_METRICS_PORT`` is set."""
     if _directory is None:
         return
-    from collector import exposition
-    from collector.settings import load
+    from collector import _exposition as exposition
+    from collector._settings import load
 
     settings = load()
     if settings.metrics_port:

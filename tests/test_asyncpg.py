@@ -13,7 +13,7 @@ import pytest
 
 import collector
 from collector import _patches
-from collector.context import RequestContext, current
+from collector._context import RequestContext, current
 from tests.conftest import POSTGRES_URL, ROOT, Server, free_port, value
 from tests.test_database import delta, get_ok, schema, span_events
 

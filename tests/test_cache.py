@@ -18,8 +18,8 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 import collector
-from collector import cache as cache_module
-from collector import routes
+from collector import _cache as cache_module
+from collector import _routes as routes
 from tests.conftest import REDIS_URL, free_port, parse_metrics, value
 
 METRIC = "fastapi_cache_requests_total"

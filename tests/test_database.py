@@ -18,8 +18,10 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.pool import Pool
 
 import collector
-from collector import _patches, _sql, database, metrics, routes
-from collector.context import RequestContext, current
+from collector import _database as database
+from collector import _patches, _sql, metrics
+from collector import _routes as routes
+from collector._context import RequestContext, current
 from tests.conftest import POSTGRES_URL, Samples, Server, free_port, scrape_until, series, value
 
 ASYNCPG_POOL = "postgresql+asyncpg://" + POSTGRES_URL.split("@", 1)[1]  # the URL without its user

@@ -18,7 +18,8 @@ from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
 
 import collector
-from collector import _faults, exposition
+from collector import _exposition as exposition
+from collector import _faults
 from tests.conftest import ROOT, free_port, parse_metrics, value
 
 

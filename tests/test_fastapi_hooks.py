@@ -326,7 +326,7 @@ def test_background_tasks_are_not_counted_as_middleware_time(app_server: Server)
 
 
 def test_uninstrument_during_a_timed_request_swaps_fastapis_functions_back_for_good() -> None:
-    from collector import fastapi_hooks
+    from collector import _fastapi_hooks as fastapi_hooks
 
     before = _hooked()
     app = FastAPI()

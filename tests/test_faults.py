@@ -12,7 +12,8 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 import collector
-from collector import _faults, routes
+from collector import _faults
+from collector import _routes as routes
 from tests.conftest import value
 
 

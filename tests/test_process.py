@@ -7,7 +7,7 @@ import signal
 import time
 from typing import Any
 
-from collector.process import cpu_cores
+from collector._process import cpu_cores
 from tests.conftest import series, value
 
 APP = "tests.apps.core:app"

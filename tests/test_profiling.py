@@ -7,8 +7,8 @@ from datetime import datetime
 from time import perf_counter
 from typing import Any
 
+from collector._context import RequestContext
 from collector._profile_store import Profile, Store
-from collector.context import RequestContext
 from tests.conftest import Server, value
 
 TOKEN = "test-profile-token-7f3a"
@@ -366,7 +366,8 @@ def test_undoing_the_profiler_restores_run_sync_and_stops_its_thread() -> None:
     from fastapi.testclient import TestClient
 
     import collector
-    from collector import _patches, routes
+    from collector import _patches
+    from collector import _routes as routes
 
     app = FastAPI()
     collector.instrument(app, profile=True)
@@ -381,5 +382,5 @@ def test_undoing_the_profiler_restores_run_sync_and_stops_its_thread() -> None:
         _patches.undo("profiling")
         assert anyio.to_thread.run_sync is original
         assert not routes.track_tasks
-        assert [h.__module__ for h in routes.on_route_exit if h.__module__ == "collector.profiling"] == []
+        assert [h.__module__ for h in routes.on_route_exit if h.__module__ == "collector._profiling"] == []
         assert not [t for t in threading.enumerate() if t.name == "collector-profiler" and t.is_alive()]

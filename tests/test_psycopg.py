@@ -12,7 +12,7 @@ import pytest
 
 import collector
 from collector import _patches
-from collector.context import RequestContext, current
+from collector._context import RequestContext, current
 from tests.conftest import POSTGRES_URL, Server, free_port, value
 from tests.test_database import delta, get_ok, schema, span_events
 

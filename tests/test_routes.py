@@ -9,7 +9,8 @@ import pytest
 from fastapi import FastAPI
 from starlette.background import BackgroundTask
 
-from collector import _patches, routes
+from collector import _patches
+from collector import _routes as routes
 from collector.metrics import REFRESHERS
 from tests.conftest import Server, value
 
@@ -85,7 +86,7 @@ def test_route_hooks_are_undone_exactly_by_the_ledger() -> None:
 def test_middleware_inventory_includes_mounted_sub_apps() -> None:
     from starlette.middleware.base import BaseHTTPMiddleware
 
-    from collector.routes import iter_middlewares
+    from collector._routes import iter_middlewares
 
     async def timing(request: Any, call_next: Any) -> Any:
         return await call_next(request)

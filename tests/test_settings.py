@@ -11,8 +11,8 @@ import pytest
 from fastapi import FastAPI
 
 import collector
-from collector import settings
-from collector.settings import ConfigError, load
+from collector import _settings as settings
+from collector._settings import ConfigError, load
 from tests.conftest import ROOT, free_port
 
 

@@ -100,7 +100,8 @@ def test_frontend_files_are_counted_under_the_frontend_path(serve: Any, tmp_path
 
 
 def test_static_hooks_are_undone_exactly_by_the_ledger() -> None:
-    from collector import _patches, static
+    from collector import _patches
+    from collector import _static as static
 
     _patches.undo(static.COMPONENT)  # start from the classes' own methods, whatever ran before
     file_call = vars(FileResponse)["__call__"]

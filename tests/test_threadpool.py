@@ -9,7 +9,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from collector import threadpool
+from collector import _threadpool as threadpool
 from tests.conftest import value
 
 APP = "tests.apps.core:app"

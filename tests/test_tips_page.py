@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from collector.settings import ConfigError, load
+from collector._settings import ConfigError, load
 from tests.test_doctor import TOKEN, Shop, _stop, start_shop
 from tests.test_doctor import load as drive
 

@@ -13,8 +13,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import collector
-from collector import tracing
-from collector.settings import load
+from collector import _tracing as tracing
+from collector._settings import load
 from tests.conftest import free_port
 
 
@@ -105,7 +105,8 @@ def test_spans_are_exported_over_otlp_when_the_endpoint_is_set(serve: Any) -> No
 
 
 def test_undoing_tracing_uninstruments_the_app_and_stops_annotating_spans() -> None:
-    from collector import _patches, routes
+    from collector import _patches
+    from collector import _routes as routes
 
     exporter = InMemorySpanExporter()
     app = _traced_app(exporter)

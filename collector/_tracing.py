@@ -10,9 +10,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from collector import _patches, routes
-from collector.event_loop import stall_seconds
-from collector.settings import Settings
+from collector import _patches
+from collector import _routes as routes
+from collector._event_loop import stall_seconds
+from collector._settings import Settings
 
 COMPONENT = "tracing"
 

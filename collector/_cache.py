@@ -22,8 +22,9 @@ from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, cast
 
-from collector import _faults, _patches, routes
-from collector.context import RequestContext, current
+from collector import _faults, _patches
+from collector import _routes as routes
+from collector._context import RequestContext, current
 from collector.metrics import CACHE_REQUESTS
 
 logger = logging.getLogger("collector")
@@ -98,8 +99,8 @@ def _annotate_span(ctx: RequestContext) -> None:
     span = ctx.span
     if span is None or not (ctx.cache_hits or ctx.cache_misses) or not span.is_recording():
         return
-    span.set_attribute("collector.cache.hits", ctx.cache_hits)
-    span.set_attribute("collector.cache.misses", ctx.cache_misses)
+    span.set_attribute("collector._cache.hits", ctx.cache_hits)
+    span.set_attribute("collector._cache.misses", ctx.cache_misses)
 
 
 def record_cache(name: str, hit: bool, count: int = 1) -> None:

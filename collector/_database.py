@@ -3,7 +3,7 @@
 ``instrument_engine(engine)`` hooks one SQLAlchemy 2 ``Engine`` or ``AsyncEngine`` (its
 ``sync_engine``): wrappers on its dialect's ``do_execute``, ``do_execute_no_params`` and
 ``do_executemany`` (what the cursor-execute events bracket) count and time each statement
-and attribute it to the request found in ``collector.context.current`` (the greenlet
+and attribute it to the request found in ``collector._context.current`` (the greenlet
 under ``AsyncEngine`` and the thread pool under sync endpoints both carry the context).
 No event listener goes on the engine: with one, every ``Connection`` joins the engine's
 event dispatcher and resolves its events one by one, a cost paid on every request.

@@ -23,7 +23,7 @@ from prometheus_client import REGISTRY
 from prometheus_client.exposition import choose_encoder
 
 from collector import _faults, _multiprocess
-from collector.settings import Settings
+from collector._settings import Settings
 
 Encoder = Callable[[Any], bytes]
 

@@ -22,11 +22,12 @@ from typing import Any
 
 import anyio.to_thread
 
-from collector import _patches, _profile_endpoint, _profile_sampler, routes
+from collector import _patches, _profile_endpoint, _profile_sampler
+from collector import _routes as routes
+from collector._context import RequestContext
 from collector._profile_sampler import Sampler
 from collector._profile_store import Profiler
-from collector.context import RequestContext
-from collector.settings import Settings
+from collector._settings import Settings
 
 COMPONENT = "profiling"
 

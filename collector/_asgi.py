@@ -2,7 +2,7 @@
 
 A request's latency is what its client waited: from its arrival to the last body chunk handed
 to the server. Work the app does after that (background tasks) is measured on its own by
-``collector.routes``. A response that fails after it started is counted as incomplete
+``collector._routes``. A response that fails after it started is counted as incomplete
 (``app_error``) beside its status; a client that goes away before its response is complete
 (an aborted upload, a closed connection) is counted as incomplete (``client_disconnect``) and
 not in the latency series, where the status the app sent to nobody would read as its fault.
@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.requests import ClientDisconnect
 
-from collector import _faults, fastapi_hooks
+from collector import _fastapi_hooks as fastapi_hooks
+from collector import _faults
+from collector._context import UNMATCHED, RequestContext, current, in_flight
 from collector._updates import adder, observer
-from collector.context import UNMATCHED, RequestContext, current, in_flight
 from collector.metrics import (
     MIDDLEWARE_DURATION,
     REQUEST_DURATION,
@@ -30,7 +31,7 @@ from collector.metrics import (
 )
 
 if TYPE_CHECKING:
-    from collector.runtime import Runtime
+    from collector._runtime import Runtime
 
 Scope = dict[str, Any]
 Message = dict[str, Any]

@@ -8,7 +8,7 @@ The classes' ``__init__`` are wrapped once their library is imported: at once fo
 library already imported, else by an import hook when the app imports it, so an app
 pays nothing, not even an import, for a library it does not use. Subclasses that call
 ``super().__init__`` count as their base. Database engines and connections are counted
-by ``collector.database`` and the raw driver modules. The wrappers and the import hook are
+by ``collector._database`` and the raw driver modules. The wrappers and the import hook are
 in the patch ledger (component ``resources``).
 """
 

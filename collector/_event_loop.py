@@ -31,9 +31,9 @@ from time import perf_counter
 from typing import Any
 
 from collector import _faults
+from collector._context import RequestContext, snapshot
 from collector._frames import UNKNOWN_LOCATION, LocationNamer
 from collector._updates import observer
-from collector.context import RequestContext, snapshot
 from collector.metrics import EVENT_LOOP_LAG, EVENT_LOOP_STALLED_SECONDS, EVENT_LOOP_STALLS
 
 __all__ = ["UNKNOWN_LOCATION", "LocationNamer", "LoopMonitor", "stall_seconds"]

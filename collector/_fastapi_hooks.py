@@ -41,9 +41,10 @@ from collections.abc import Callable
 from time import perf_counter
 from typing import Any
 
-from collector import _patches, routes
+from collector import _patches
+from collector import _routes as routes
+from collector._context import RequestContext, current
 from collector._updates import route_observer
-from collector.context import RequestContext, current
 from collector.metrics import (
     DEPENDENCY_DURATION,
     SERIALIZATION_DURATION,

@@ -28,8 +28,8 @@ from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.staticfiles import StaticFiles
 
 from collector import _faults, _patches
+from collector._context import RequestContext, current, in_flight, snapshot
 from collector._updates import route_observer
-from collector.context import RequestContext, current, in_flight, snapshot
 from collector.metrics import BACKGROUND_TASK_DURATION, REFRESHERS, REQUESTS_IN_PROGRESS
 
 Handle = Callable[[Any, MutableMapping[str, Any], Any, Any], Awaitable[None]]

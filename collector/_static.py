@@ -9,7 +9,7 @@ serves no file and is not counted.
 
 The ``mount`` label is the mount path for a ``StaticFiles`` mount (``/static``, with the
 prefixes of enclosing mounts) or a FastAPI frontend (``/`` for ``app.frontend("/")``), as
-``collector.routes`` found it, and the route template for an endpoint's ``FileResponse``
+``collector._routes`` found it, and the route template for an endpoint's ``FileResponse``
 (``/reports/{name}``): both are bounded by the app's routes.
 
 Both hooks go through the patch ledger under the component ``static``.
@@ -25,7 +25,7 @@ from starlette.responses import FileResponse
 from starlette.staticfiles import NotModifiedResponse
 
 from collector import _faults, _patches
-from collector.context import RequestContext, current
+from collector._context import RequestContext, current
 from collector.metrics import STATIC_BYTES, STATIC_RESPONSES
 
 COMPONENT = "static"

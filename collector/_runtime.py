@@ -6,12 +6,15 @@ import asyncio
 import logging
 from typing import Any, Protocol
 
-from collector import _faults, _multiprocess, exposition, routes, threadpool
-from collector.context import in_flight
-from collector.event_loop import LoopMonitor
+from collector import _exposition as exposition
+from collector import _faults, _multiprocess
+from collector import _routes as routes
+from collector import _threadpool as threadpool
+from collector._context import in_flight
+from collector._event_loop import LoopMonitor
+from collector._process import ProcessSampler
+from collector._settings import Settings
 from collector.metrics import MIDDLEWARES, ROUTE_HANDLERS, refresh
-from collector.process import ProcessSampler
-from collector.settings import Settings
 
 logger = logging.getLogger("collector")
 
@@ -84,7 +87,7 @@ class Runtime:
                 monitor.start()
                 _monitors[loop] = monitor
             if self.settings.profile:
-                from collector import profiling
+                from collector import _profiling as profiling
 
                 profiling.start(self.settings)
             for page in self.pages.values():
@@ -99,7 +102,7 @@ class Runtime:
             if monitor is not None:
                 monitor.stop()
             if self.settings.profile:
-                from collector import profiling
+                from collector import _profiling as profiling
 
                 profiling.stop(loop)
             for page in self.pages.values():
@@ -117,7 +120,7 @@ class Runtime:
         if loop is not None and _monitors.get(loop) is monitor:
             del _monitors[loop]
             if self.settings.profile:
-                from collector import profiling
+                from collector import _profiling as profiling
 
                 profiling.stop(loop)
         self.started = False
@@ -125,7 +128,7 @@ class Runtime:
     def _on_beat(self, now: float) -> None:
         threadpool.sample()
         if self.settings.profile:
-            from collector import profiling
+            from collector import _profiling as profiling
 
             profiling.keep_alive()
         if now >= self._next_process_sample and _process is not None:
@@ -153,7 +156,7 @@ class Runtime:
         elif scope["path"] in self.own_paths:
             await exposition.serve(self.settings, scope, receive, send)
         else:
-            from collector import profiling
+            from collector import _profiling as profiling
 
             await profiling.serve(self.settings, scope, receive, send)
 
