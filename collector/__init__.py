@@ -88,6 +88,7 @@ def instrument(app: Any, **settings: Any) -> Runtime | None:
     Settings are keyword arguments or ``COLLECTOR_*`` environment variables. A bad keyword
     raises ``ConfigError``; a bad variable stops the process with the reason, at start-up.
     """
+    from collector import _cache
     from collector import _fastapi_hooks as fastapi_hooks
     from collector import _resources as resources
     from collector import _routes as routes
@@ -118,6 +119,7 @@ def instrument(app: Any, **settings: Any) -> Runtime | None:
     setattr(app, _ATTR, runtime)
     _apps.add(app)
     routes.install_hooks()
+    _cache.hook_spans()  # caches counted before the app was instrumented
     threadpool.install()
     start_metrics_port(config)
 

@@ -89,18 +89,26 @@ def _counters_for(name: str) -> _Counters:
         if name in _counters:
             return _counters[name]
     counters = _counters[name] = _Counters(name)
-    # The span hook costs a call per request, so it is only added once some cache is counted.
-    if _annotate_span not in routes.on_route_exit:
-        routes.on_route_exit.append(_annotate_span)
+    hook_spans()
     return counters
+
+
+def hook_spans() -> None:
+    """Put cache counts on request spans once some cache is counted and an app is instrumented.
+
+    The hook costs a call per request, so it waits for the first cache; spans exist only on an
+    instrumented app's requests, so it waits for the route hooks too, and is undone with them.
+    """
+    if _counters and _patches.active(routes.COMPONENT):
+        routes.register(f"{routes.COMPONENT}/cache", routes.on_route_exit, _annotate_span)
 
 
 def _annotate_span(ctx: RequestContext) -> None:
     span = ctx.span
     if span is None or not (ctx.cache_hits or ctx.cache_misses) or not span.is_recording():
         return
-    span.set_attribute("collector._cache.hits", ctx.cache_hits)
-    span.set_attribute("collector._cache.misses", ctx.cache_misses)
+    span.set_attribute("collector.cache.hits", ctx.cache_hits)
+    span.set_attribute("collector.cache.misses", ctx.cache_misses)
 
 
 def record_cache(name: str, hit: bool, count: int = 1) -> None:

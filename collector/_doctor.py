@@ -203,7 +203,7 @@ def _judge_check(
 ) -> tuple[list[Finding], str | None]:
     """The check's findings, or why it judged nothing."""
     raw = vector(check.signal.expr)
-    judged = replace(check, unless=None).judge(vector) if raw else {}
+    judged = replace(check, unless=None, floor=None).judge(vector) if raw else {}
     if not judged:
         guard = check.guard
         idle = guard is not None and all(v < guard.minimum.value for v in vector(guard.signal.expr).values())
@@ -211,12 +211,18 @@ def _judge_check(
             return [], f"too little traffic to judge (under {guard.minimum.format()})"
         return [], f"nothing measured ({check.signal.description.rstrip('.').lower()})"
     silenced = vector(check.unless.expr) if check.unless is not None else {}
+    floor = check.floor
+    reached = vector(floor.signal.expr) if floor is not None else {}
     shared = [label for label in check.signal.expr.labels if label in weight_labels]
     findings = []
-    note = f"silenced, as in the alert: {check.unless.name} > 0" if check.unless is not None else ""
     for key, value in judged.items():
-        explained = silenced.get(key, 0.0) > 0
-        status = "ok" if explained else _verdict(check, value)
+        note = ""
+        if check.unless is not None and silenced.get(key, 0.0) > 0:
+            note = f"silenced, as in the alert: {check.unless.name} > 0"
+        elif floor is not None and reached.get(key, 0.0) < floor.minimum.value:
+            shown = format_value(reached.get(key, 0.0), floor.signal.unit)
+            note = f"under the alert's floor: {floor.signal.name} {shown} < {floor.minimum.format()}"
+        status = "ok" if note else _verdict(check, value)
         findings.append(
             Finding(
                 alert=alert,
@@ -227,7 +233,7 @@ def _judge_check(
                 status=status,
                 severity=check.severity_ratio(value),
                 share=_share(weights, shared, key),
-                note=note if explained else "",
+                note=note,
             )
         )
     return findings, None

@@ -12,6 +12,7 @@ import pytest
 import redis
 import redis.asyncio
 from cashews import Cache
+from fastapi import FastAPI
 from prometheus_client import REGISTRY
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
@@ -372,10 +373,15 @@ def test_cache_names_past_the_limit_share_one_series(monkeypatch: pytest.MonkeyP
     assert counted_since("other", before) == (0, 1)
 
 
-def test_counting_adds_a_span_hook_once() -> None:
+def test_counting_adds_a_span_hook_once_an_app_is_instrumented_and_uninstrument_removes_it() -> None:
     collector.record_cache("test-hook", True)
+    assert cache_module._annotate_span not in routes.on_route_exit  # no app: no request spans
+    app = FastAPI()
+    collector.instrument(app)
     collector.record_cache("test-hook-2", True)
     assert routes.on_route_exit.count(cache_module._annotate_span) == 1
+    collector.uninstrument(app)
+    assert cache_module._annotate_span not in routes.on_route_exit
 
 
 # cashews ------------------------------------------------------------------------------------------

@@ -18,6 +18,8 @@ from starlette import responses, routing
 
 import collector
 from collector import _patches
+from collector import _routes as routes
+from collector.metrics import REFRESHERS
 from tests.conftest import REDIS_URL
 
 
@@ -56,6 +58,8 @@ def _attributes(engine: Any, client: redis.Redis) -> dict[str, Any]:
     callbacks = client.response_callbacks
     found["redis callbacks"] = {command: callbacks.get(command) for command in ("GET", "MGET")}
     found["sys.meta_path"] = list(sys.meta_path)
+    found["route exit hooks"] = list(routes.on_route_exit)
+    found["metric refreshers"] = list(REFRESHERS)
     return found
 
 
@@ -70,7 +74,9 @@ def test_uninstrument_of_the_last_app_restores_every_patched_attribute(tmp_path:
     collector.instrument_redis(client)
     collector.instrument_asyncpg()
     collector.instrument_psycopg()
+    collector.record_cache("uninstrument-test", hit=True)  # the cache's span hook joins the route hooks
     patched = _attributes(engine, client)
+    assert patched["route exit hooks"] != before["route exit hooks"]
     assert [name for name in before if patched[name] is not before[name]] != []
     collector.uninstrument(first)
     assert _patches.active("asyncpg") != []  # one app is still instrumented: everything stays

@@ -332,7 +332,7 @@ class Threshold:
         if self.unit == "ratio":
             return f"{value * 100:g} %"
         if self.unit == "seconds":
-            return f"{value:g} s"
+            return f"{value * 1000:g} ms" if 0 < value < 0.01 else f"{value:g} s"
         if self.unit == "per_second":
             return f"{value:g}/s"
         return f"{value:g}"
@@ -356,14 +356,19 @@ class Check:
     threshold: Threshold
     guard: Guard | None = None
     unless: Signal | None = None  # a series is fine when this signal is above zero for it
+    # A series breaks the tip only when this signal also reaches its minimum: an absolute floor under a
+    # relative threshold (a large share of a tiny cost is no problem).
+    floor: Guard | None = None
 
     def _on(self) -> str:
         return f"on ({', '.join(self.signal.expr.labels)})"
 
-    def _compose(self, value: str, guard: str | None, unless: str | None) -> str:
+    def _compose(self, value: str, guard: str | None, unless: str | None, floor: str | None = None) -> str:
         text = f"{value}\n{self.comparator} {self.threshold.value:g}"
         if guard is not None and self.guard is not None:
             text += f"\nand {self._on()}\n{guard}\n>= {self.guard.minimum.value:g}"
+        if floor is not None and self.floor is not None:
+            text += f"\nand {self._on()}\n{floor}\n>= {self.floor.minimum.value:g}"
         if unless is not None:
             text += f"\nunless {self._on()}\n{unless}\n> 0"
         return text
@@ -374,6 +379,7 @@ class Check:
             self.signal.expr.promql(window, extra),
             self.guard.signal.expr.promql(window, extra) if self.guard else None,
             self.unless.expr.promql(window, extra) if self.unless else None,
+            self.floor.signal.expr.promql(window, extra) if self.floor else None,
         )
 
     def rule_expr(self, window: str) -> str:
@@ -382,10 +388,12 @@ class Check:
             self.signal.record(window),
             self.guard.signal.record(window) if self.guard else None,
             self.unless.record(window) if self.unless else None,
+            self.floor.signal.record(window) if self.floor else None,
         )
 
     def signals(self) -> tuple[Signal, ...]:
-        return tuple(s for s in (self.signal, self.guard and self.guard.signal, self.unless) if s)
+        guard, floor = self.guard and self.guard.signal, self.floor and self.floor.signal
+        return tuple(s for s in (self.signal, guard, floor, self.unless) if s)
 
     def evaluate(self, before: Scrape, after: Scrape, seconds: float) -> Vector:
         """Every series of the signal that passes the guard and the unless, with its value."""
@@ -394,9 +402,10 @@ class Check:
     def judge(self, vector: Callable[[Expr], Vector]) -> Vector:
         """``evaluate`` over any source of vectors (two scrapes, or Prometheus queries)."""
         values = vector(self.signal.expr)
-        if self.guard is not None:
-            guard = vector(self.guard.signal.expr)
-            values = {k: v for k, v in values.items() if guard.get(k, 0.0) >= self.guard.minimum.value}
+        for condition in (self.guard, self.floor):
+            if condition is not None:
+                reached = vector(condition.signal.expr)
+                values = {k: v for k, v in values.items() if reached.get(k, 0.0) >= condition.minimum.value}
         if self.unless is not None:
             unless = vector(self.unless.expr)
             values = {k: v for k, v in values.items() if unless.get(k, 0.0) <= 0}

@@ -165,17 +165,18 @@ def tip_cases(tip: Tip, alert: Alert) -> list[dict[str, object]]:
     wait = minutes(alert.for_)
     at = wait + 2 * INTERVAL_MINUTES
 
-    def inputs(value: float, guard_ok: bool = True, unless: float | None = None) -> list[tuple[str, float]]:
+    def inputs(
+        value: float, guard_ok: bool = True, unless: float | None = None, floor_ok: bool = True
+    ) -> list[tuple[str, float]]:
         out = [(_series(check.signal.record(RULE_WINDOW), labels), value)]
-        if check.guard is not None:
-            minimum = check.guard.minimum.value
-            guard_labels = _labels(check.guard.signal.expr)
-            out.append(
-                (
-                    _series(check.guard.signal.record(RULE_WINDOW), guard_labels),
-                    minimum * (2 if guard_ok else 0.5),
+        for condition, ok in ((check.guard, guard_ok), (check.floor, floor_ok)):
+            if condition is not None:
+                out.append(
+                    (
+                        _series(condition.signal.record(RULE_WINDOW), _labels(condition.signal.expr)),
+                        condition.minimum.value * (2 if ok else 0.5),
+                    )
                 )
-            )
         if check.unless is not None and unless is not None:
             out.append((_series(check.unless.record(RULE_WINDOW), _labels(check.unless.expr)), unless))
         return out
@@ -206,6 +207,16 @@ def tip_cases(tip: Tip, alert: Alert) -> list[dict[str, object]]:
             _case(
                 f"{alert.name} stays silent under the traffic guard",
                 inputs(breach, guard_ok=False),
+                alert.name,
+                at,
+                [],
+            )
+        )
+    if check.floor is not None:
+        cases.append(
+            _case(
+                f"{alert.name} stays silent under the floor of {check.floor.minimum.format()}",
+                inputs(breach, floor_ok=False),
                 alert.name,
                 at,
                 [],

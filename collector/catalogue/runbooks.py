@@ -31,6 +31,11 @@ def tip_page(tip: Tip, alert: Alert) -> str:
         if check.guard
         else ""
     )
+    if check.floor:
+        guard += (
+            f" A series breaks the tip only where *{check.floor.signal.description.rstrip('.')}* is also at "
+            f"least {check.floor.minimum.format()} (`{check.floor.minimum.name}`)."
+        )
     lines = [
         f"# {alert.name}",
         "",
@@ -55,6 +60,7 @@ def tip_page(tip: Tip, alert: Alert) -> str:
         "",
         _threshold(threshold, "Threshold"),
         *([_threshold(check.guard.minimum, "Traffic guard")] if check.guard else []),
+        *([_threshold(check.floor.minimum, "Floor")] if check.floor else []),
         "",
         "## Confirm it on the dashboard",
         "",

@@ -123,11 +123,11 @@ def finished_spans() -> list[dict[str, Any]]:
     return [
         {
             "route": span.attributes.get("http.route"),
-            "hits": span.attributes["collector._cache.hits"],
-            "misses": span.attributes["collector._cache.misses"],
+            "hits": span.attributes["collector.cache.hits"],
+            "misses": span.attributes["collector.cache.misses"],
         }
         for span in spans.get_finished_spans()
-        if span.attributes and "collector._cache.hits" in span.attributes
+        if span.attributes and "collector.cache.hits" in span.attributes
     ]
 
 
