@@ -321,7 +321,7 @@ class Threshold:
 
     name: str
     value: float
-    unit: Literal["ratio", "seconds", "per_second", "count"]
+    unit: Literal["ratio", "seconds", "per_second", "count", "bytes"]
     description: str
     warn: float | None = None
     # Why this number: what the sample app measures broken and fixed, printed in the runbooks.
@@ -335,6 +335,8 @@ class Threshold:
             return f"{value * 1000:g} ms" if 0 < value < 0.01 else f"{value:g} s"
         if self.unit == "per_second":
             return f"{value:g}/s"
+        if self.unit == "bytes":
+            return f"{value / 1024:g} KiB"
         return f"{value:g}"
 
 

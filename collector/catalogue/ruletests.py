@@ -10,7 +10,7 @@
   checked with ``promql_expr_test`` against the catalogue's own evaluator (``Expr.evaluate``).
 
 Annotations are rendered here the way Prometheus' template functions do it (``humanize``,
-``humanizePercentage``, ``humanizeDuration``), for the forms the catalogue uses; an unknown form is
+``humanize1024``, ``humanizePercentage``, ``humanizeDuration``), for the forms the catalogue uses; an unknown form is
 a ``CatalogueError``, and promtool checks every rendering against its own.
 """
 
@@ -80,6 +80,17 @@ def humanize(value: float) -> str:
     return _g(scaled) + prefix
 
 
+def humanize_1024(value: float) -> str:
+    if abs(value) <= 1 or math.isnan(value) or math.isinf(value):
+        return _g(value)
+    prefix = ""
+    for p in ("ki", "Mi", "Gi", "Ti", "Pi", "Ei", "Zi", "Yi"):
+        if abs(value) < 1024:
+            break
+        prefix, value = p, value / 1024
+    return _g(value) + prefix
+
+
 def humanize_percentage(value: float) -> str:
     return _g(value * 100) + "%"
 
@@ -105,6 +116,7 @@ def humanize_duration(value: float) -> str:
 
 _FUNCTIONS: dict[str, Callable[[float], str]] = {
     "humanize": humanize,
+    "humanize1024": humanize_1024,
     "humanizePercentage": humanize_percentage,
     "humanizeDuration": humanize_duration,
 }

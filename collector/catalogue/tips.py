@@ -310,6 +310,28 @@ RESPONSE_SIZE_P99 = Signal(
     "bytes",
     "99th percentile of response size per route.",
 )
+RESPONSE_SIZE_LIMIT = Threshold(
+    "response_size_p99_bytes",
+    256 * 1024,
+    "bytes",
+    "99th percentile of a route's response size above which its models carry more than clients read.",
+    warn=160 * 1024,
+    reason=(
+        "Measured: the sample's nested order list answers 968 KiB (50 orders with customer, lines and "
+        "products), its lean summary 9.7 KiB and the largest fixed response (recent orders) 97 KiB. Sizes "
+        "do not depend on the machine's load, unlike the validation share (8 to 35 % on the same route "
+        "from one run to the next). The size buckets put 97 KiB under 100 kB and the nested list in (100 "
+        "kB, 1 MB], so 256 KiB separates them."
+    ),
+)
+RESPONSE_SIZE_PANEL = _panel(
+    3,
+    3,
+    "Response size p99",
+    RESPONSE_SIZE_P99,
+    description="Large bodies cost validation, serialization and transfer.",
+    thresholds=(RESPONSE_SIZE_LIMIT,),
+)
 PYDANTIC_PANEL = _panel(
     3,
     1,
@@ -355,11 +377,43 @@ TIP3 = Tip(
             ),
             panel=PYDANTIC_PANEL,
         ),
+        Alert(
+            name=f"{ALERT_PREFIX}Tip3ResponsesLarge",
+            check=Check(RESPONSE_SIZE_P99, ">", RESPONSE_SIZE_LIMIT, ROUTE_GUARD),
+            for_="15m",
+            severity="ticket",
+            summary="A route's responses are large: its models return more than clients read.",
+            description=(
+                "The 99th percentile of the responses of {{ $labels.route }} ({{ $labels.job }}) is "
+                "{{ $value | humanize1024 }}B (threshold " + RESPONSE_SIZE_LIMIT.format() + ")."
+            ),
+            runbook=Runbook(
+                slug="tip3-responses-large",
+                meaning="Every request builds, validates, serializes and sends a large body: nested "
+                "relations, unused fields or an unpaginated list in the response model.",
+                confirm="Ten tips dashboard, tip 3 row: the route above the line in *Response size p99*; "
+                "*Validation and serialization time* shows what building the body costs per request.",
+                causes=(
+                    "A response model that nests related objects (customer, lines, products) clients do "
+                    "not read.",
+                    "A list endpoint without pagination.",
+                ),
+                fix="Return a lean model with the fields clients read; paginate lists.",
+                before="class OrderOut(BaseModel):\n    id: int\n    customer: CustomerOut\n"
+                "    lines: list[LineOut]  # each with its full product\n\n"
+                '@app.get("/orders", response_model=list[OrderOut])',
+                after="class OrderSummary(BaseModel):\n    id: int\n    customer_id: int\n"
+                "    total_cents: int\n\n"
+                '@app.get("/orders", response_model=list[OrderSummary])',
+                verify="*Response size p99* falls under the threshold and the route's latency drops.",
+            ),
+            panel=RESPONSE_SIZE_PANEL,
+        ),
     ),
     panels=(
         PYDANTIC_PANEL,
         _panel(3, 2, "Validation and serialization time", PYDANTIC_MEAN, description="Mean per request."),
-        _panel(3, 3, "Response size p99", RESPONSE_SIZE_P99, description="Large bodies cost serialization."),
+        RESPONSE_SIZE_PANEL,
     ),
     weight=REQUEST_SECONDS,
     evidence=(
@@ -367,7 +421,7 @@ TIP3 = Tip(
         Evidence("Largest responses", RESPONSE_SIZE_P99),
     ),
     needs="internals sampling (COLLECTOR_INTERNALS_SAMPLE_RATIO > 0)",
-    thresholds=(VALIDATION_SHARE,),
+    thresholds=(VALIDATION_SHARE, RESPONSE_SIZE_LIMIT),
 )
 
 # Tip 4: workers = cores ----------------------------------------------------------------------------
