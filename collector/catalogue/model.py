@@ -112,10 +112,15 @@ class Counter:
     by: tuple[str, ...] = ()
     # (gauge metric, its matchers, labels to join on): keep only series present in that gauge.
     where: tuple[str, tuple[Matcher, ...], tuple[str, ...]] | None = None
+    # (source, target): each series' ``source`` label read as ``target`` (a static mount as a route).
+    rename: tuple[str, str] | None = None
 
     @property
     def labels(self) -> tuple[str, ...]:
-        return (*COMMON_BY, *self.by)
+        if self.rename is None:
+            return (*COMMON_BY, *self.by)
+        source, target = self.rename
+        return (*COMMON_BY, *(target if label == source else label for label in self.by))
 
     def promql(self, window: str, extra: Sequence[Matcher] = ()) -> str:
         return f"sum by ({', '.join(self.labels)}) ({self.rates(window, extra)})"
@@ -128,6 +133,9 @@ class Counter:
             inner = (
                 f"{inner} and on ({', '.join((*COMMON_BY, 'instance', *on))}) {selector(gauge, match, extra)}"
             )
+        if self.rename is not None:
+            source, target = self.rename
+            inner = f'label_replace({inner}, "{target}", "$1", "{source}", "(.*)")'
         return inner
 
     def evaluate(self, before: Scrape, after: Scrape, seconds: float) -> Vector:
@@ -143,6 +151,8 @@ class Counter:
             if allowed is not None and _key(labels, self.where[2] if self.where else ()) not in allowed:
                 continue
             old = previous.get(_key(labels, sorted(labels)), 0.0)
+            if self.rename is not None:
+                labels = {**labels, self.rename[1]: labels.get(self.rename[0], "")}
             out[_key(labels, self.labels)] += (value - old if value >= old else value) / seconds
         return dict(out)
 
