@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from collector._event_loop import OTHER_LOCATION
+from collector._frames import OTHER_LOCATION
 from collector.catalogue import TIPS
 from collector.catalogue.model import Check, Expr, Labels, Scrape, Tip, Vector, project
 from collector.catalogue.tips import RUNBOOK_BASE_URL

@@ -130,6 +130,23 @@ def test_a_slow_route_is_broken_unless_profiles_of_it_were_kept_as_in_the_alert(
     assert "silenced" in _tip(report, 10).why
 
 
+# Start-up ------------------------------------------------------------------------------------------
+
+
+def test_the_doctor_loads_neither_pydantic_nor_the_mechanism_modules() -> None:
+    # What it reads (catalogue, metric names, location labels) sits in light foundation modules.
+    code = (
+        "import sys, collector._cli_doctor\n"
+        "heavy = ('pydantic', 'pydantic_settings', 'collector._settings', 'collector._event_loop', "
+        "'collector._sql', 'collector._routes')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
 # Bad input: one line, the right exit code -----------------------------------------------------------
 
 
