@@ -3,10 +3,12 @@
     collector doctor --prometheus URL [--job J] [--since 30m] [--format json]
     collector doctor --metrics-url URL [--interval S] [--format json]
 
-Both read the same catalogue checks as the alerts (``collector._doctor``). ``--profiles-url`` (or the
-app's profile endpoint beside ``--metrics-url`` when ``--token`` is given) adds the slowest kept
-profiles with their hottest function. Exit code: 0 no tip broken, 1 a tip broken, 2 the source could
-not be read (one line on stderr).
+Both read the same catalogue checks as the alerts (``collector._doctor``). With ``--prometheus`` each
+broken or warning tip says since when its alert is active (Prometheus' alerts API); from two scrapes,
+only that it is within their interval. ``--profiles-url`` (or the app's profile endpoint beside
+``--metrics-url`` when ``--token`` is given) adds the slowest kept profiles with their hottest
+function, and under tip 6 the N+1 statements the app saw with their code location. Exit code: 0 no
+tip broken, 1 a tip broken, 2 the source could not be read (one line on stderr).
 """
 
 from __future__ import annotations
@@ -17,10 +19,20 @@ import os
 import re
 import sys
 import urllib.parse
+from datetime import datetime
 from typing import Any, TextIO
 
 from collector import _doctor_sources as sources
-from collector._doctor import Report, SourceError, TipResult, attach_profiles, diagnose
+from collector._doctor import (
+    Report,
+    SourceError,
+    TipResult,
+    attach_alerts,
+    attach_listing,
+    attach_scrape_window,
+    diagnose,
+    parse_timestamp,
+)
 from collector.cli import CommandError
 
 DURATION = re.compile(r"[1-9][0-9]*(ms|s|m|h|d|w)")
@@ -38,17 +50,72 @@ def _labels(labels: dict[str, str]) -> str:
     return " ".join(f"{k}={v}" for k, v in labels.items()) or "service"
 
 
-def _tip_lines(tip: TipResult, colour: bool) -> list[str]:
+def _ago(then: datetime, now: datetime) -> str:
+    seconds = max(0.0, (now - then).total_seconds())
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.0f} h"
+    return f"{seconds / 86400:.0f} d"
+
+
+def _since_line(tip: TipResult, now: datetime) -> str | None:
+    since = tip.since
+    if since.within_seconds is not None:
+        return f"since: within the last {since.within_seconds:.0f} s (two scrapes)"
+    if since.active_at is not None:
+        at = since.active_at
+        shown = at.strftime("%H:%M") if at.date() == now.date() else at.strftime("%Y-%m-%d %H:%M")
+        return f"since {shown} UTC ({_ago(at, now)} ago), alert {since.alert} {since.state}"
+    if since.state == "inactive":
+        return "since: no alert of this tip is active in this Prometheus"
+    return None
+
+
+_COLUMNS = re.compile(r"^(SELECT\s+)(.{40,}?)(\s+FROM\s)", re.IGNORECASE | re.DOTALL)
+
+
+def _short_sql(fingerprint: str, limit: int = 160) -> str:
+    """A fingerprint for one line: a long column list elided, so that FROM and WHERE show."""
+    text = _COLUMNS.sub(r"\1…\3", fingerprint, count=1)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _n_plus_one_lines(tip: TipResult, pid: int | None, now: datetime) -> list[str]:
+    if not tip.n_plus_one:
+        return []
+    worker = f"worker pid {pid}" if pid is not None else "the worker that answered"
+    lines = [f"           N+1 statements seen by {worker} since it started (each worker keeps its own):"]
+    for row in tip.n_plus_one[:5]:
+        seen = row.get("last_seen")
+        when = parse_timestamp(seen) if isinstance(seen, str) else None
+        last = f", last {_ago(when, now)} ago" if when is not None else ""
+        lines.append(
+            f"             {row.get('route')}: in {row.get('requests')} requests, up to "
+            f"{row.get('max_repeats')} runs in one, from {row.get('location')}{last}"
+        )
+        lines.append(f"               {_short_sql(str(row.get('fingerprint') or ''))}")
+    return lines
+
+
+def _tip_lines(tip: TipResult, colour: bool, report: Report) -> list[str]:
     head = f"{_paint(f'{_LABELS[tip.status]:<8}', tip.status, colour)} Tip {tip.number:>2}  {tip.title}"
+    n_plus_one = _n_plus_one_lines(tip, report.worker_pid, report.at)
     if tip.status in ("ok", "no data"):
-        return [f"{head}: {tip.why}"]
+        return [f"{head}: {tip.why}", *n_plus_one]
     lines = [head]
+    since = _since_line(tip, report.at)
+    if since is not None:
+        lines.append(f"           {since}")
     for finding in [f for f in tip.findings if f.status in ("broken", "warning")][:3]:
         where = _labels(finding.labels)
         lines.append(f"           {finding.alert}: {finding.shown} (alert {finding.threshold}) on {where}")
     for title, items in tip.evidence.items():
         shown = ", ".join(f"{_labels(item.labels)} {item.shown}" for item in items[:3])
         lines.append(f"           {title}: {shown}")
+    lines += n_plus_one
     lines.append(f"           Fix: {tip.fix}")
     lines += [f"           Runbook: {url}" for url in tip.runbooks]
     return lines
@@ -63,7 +130,7 @@ def render_text(report: Report, colour: bool) -> str:
         summary = f"no tip broken ({len(report.tips)} checked)"
     lines = [f"collector doctor: {summary}", f"source: {report.source}, over {report.window}", ""]
     for tip in report.tips:
-        lines += _tip_lines(tip, colour)
+        lines += _tip_lines(tip, colour, report)
     if report.profiles:
         lines += ["", "Slowest profiles kept:"]
         for p in report.profiles:
@@ -95,15 +162,26 @@ def build_report(args: argparse.Namespace) -> Report:
         jobs = prometheus.check_job(args.job)
         where = f"job {args.job}" if args.job else f"jobs {', '.join(jobs)}"
         report = diagnose(prometheus.vector, f"Prometheus {prometheus.url} ({where})", args.since)
+        try:
+            alerts = prometheus.alerts()
+        except SourceError as exc:
+            report.notes.append(f"since: unknown ({exc})")
+        else:
+            try:
+                loaded: set[str] | None = prometheus.alert_rules()
+            except SourceError:
+                loaded = None  # then an active alert of the catalogue's is the sign its rules are loaded
+            attach_alerts(report, alerts, loaded, args.job)
     else:
         if not 0.5 <= args.interval <= 3600:
             raise CommandError(f"--interval {args.interval:g} is outside 0.5 to 3600 seconds", 2)
         vector, seconds = sources.two_scrapes(args.metrics_url, args.interval)
         report = diagnose(vector, f"two scrapes of {args.metrics_url}", f"{seconds:.1f} s")
+        attach_scrape_window(report, seconds)
     url = _profiles_url(args)
     if url:
         try:
-            attach_profiles(report, sources.profiles(url, args.token))
+            attach_listing(report, sources.profiles(url, args.token))
         except SourceError as exc:
             report.notes.append(str(exc))
     return report

@@ -10,6 +10,9 @@ series (with why: the setting the tip needs, too little traffic, or no samples).
 how far past the threshold it is (``severity_ratio``) times the share of the tip's ``weight`` signal
 that its labels carry (a breach on the route holding most of the request time weighs most). Tips are
 ranked broken, warning, no data, ok; within a status by their worst finding's impact.
+
+Beside the verdicts: since when each tip's alert has been active (Prometheus' alerts API, matched
+by the catalogue's alert names), and the N+1 statements an app's profile listing names (tip 6).
 """
 
 from __future__ import annotations
@@ -17,16 +20,21 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any, Literal
 
-from collector._event_loop import OTHER_LOCATION
+from collector._frames import OTHER_LOCATION
 from collector.catalogue import TIPS
 from collector.catalogue.model import Check, Expr, Labels, Scrape, Tip, Vector, project
-from collector.catalogue.tips import RUNBOOK_BASE_URL
+from collector.catalogue.tips import N_PLUS_ONE, RUNBOOK_BASE_URL
 
 Status = Literal["broken", "warning", "no data", "ok"]
 RANK: dict[Status, int] = {"broken": 0, "warning": 1, "no data": 2, "ok": 3}
 VectorOf = Callable[[Expr], Vector]
+AlertState = Literal["firing", "pending", "inactive"]
+# The tip whose alert judges the N+1 signal: the one the profile listing's N+1 statements explain.
+N_PLUS_ONE_TIP = next(t.number for t in TIPS if any(a.check.signal == N_PLUS_ONE for a in t.alerts))
+RULES_NOT_LOADED = "since: unknown (the catalogue's alert rules are not loaded in this Prometheus)"
 
 
 class SourceError(Exception):
@@ -111,6 +119,24 @@ class EvidenceItem:
 
 
 @dataclass
+class Since:
+    """Since when a tip is in its state: its alert's ``activeAt``, or within the two scrapes' interval."""
+
+    active_at: datetime | None = None
+    state: AlertState | None = None  # "inactive": the rules are loaded, none of the tip's alerts is active
+    alert: str | None = None
+    within_seconds: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "since": self.active_at.isoformat() if self.active_at is not None else None,
+            "alert_state": self.state,
+            "active_alert": self.alert,
+            "since_within_seconds": None if self.within_seconds is None else round(self.within_seconds, 1),
+        }
+
+
+@dataclass
 class TipResult:
     number: int
     title: str
@@ -121,6 +147,8 @@ class TipResult:
     findings: list[Finding] = field(default_factory=list)
     evidence: dict[str, list[EvidenceItem]] = field(default_factory=dict)
     key: float | None = None  # the tip's first key signal, worst series: what the page draws
+    since: Since = field(default_factory=Since)
+    n_plus_one: list[dict[str, Any]] | None = None  # the N+1 tip's statements, when a listing was read
 
     @property
     def impact(self) -> float:
@@ -155,6 +183,8 @@ class TipResult:
                 title: [{"labels": i.labels, "value": _finite(i.value), "shown": i.shown} for i in items]
                 for title, items in self.evidence.items()
             },
+            **self.since.as_dict(),
+            **({} if self.n_plus_one is None else {"n_plus_one": self.n_plus_one}),
         }
 
 
@@ -165,6 +195,8 @@ class Report:
     tips: list[TipResult]
     profiles: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    worker_pid: int | None = None  # the process whose profile listing was read (each worker has its own)
+    at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     @property
     def broken(self) -> list[TipResult]:
@@ -177,7 +209,9 @@ class Report:
             "broken": [t.number for t in self.broken],
             "tips": [t.as_dict() for t in self.tips],
             "profiles": self.profiles,
+            "worker_pid": self.worker_pid,
             "notes": self.notes,
+            "generated_at": self.at.isoformat(timespec="seconds"),
         }
 
 
@@ -317,3 +351,60 @@ def attach_profiles(report: Report, listing: Sequence[Mapping[str, Any]], top: i
         }
         for p in slowest
     ]
+
+
+def attach_listing(report: Report, listing: Mapping[str, Any]) -> None:
+    """A profile endpoint's listing: its slowest profiles, and its N+1 statements on the N+1 tip."""
+    attach_profiles(report, listing.get("profiles") or [])
+    report.worker_pid = listing.get("pid")
+    for tip in report.tips:
+        if tip.number == N_PLUS_ONE_TIP:
+            tip.n_plus_one = list(listing.get("n_plus_one") or [])  # the most requests first
+
+
+def parse_timestamp(text: str) -> datetime | None:
+    """An RFC 3339 time as Prometheus writes it (nanoseconds cut to microseconds), in UTC."""
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        return None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def attach_alerts(
+    report: Report, alerts: Sequence[Mapping[str, Any]], loaded: set[str] | None, job: str | None
+) -> None:
+    """Since when each tip's alert is active, from Prometheus' pending and firing alerts.
+
+    ``loaded`` names the alerting rules Prometheus has (``None``: unknown, then an active alert of
+    the catalogue's is the only sign they are loaded). Without them, one note says so.
+    """
+    catalogue = {alert.name for tip in TIPS for alert in tip.alerts}
+    ours = []
+    for alert in alerts:
+        labels = alert.get("labels") or {}
+        if labels.get("alertname") not in catalogue or alert.get("state") not in ("pending", "firing"):
+            continue
+        if job is not None and labels.get("job") != job:
+            continue
+        active_at = parse_timestamp(str(alert.get("activeAt") or ""))
+        if active_at is not None:
+            ours.append((active_at, str(alert["state"]), str(labels["alertname"])))
+    named = any((alert.get("labels") or {}).get("alertname") in catalogue for alert in alerts)
+    if not (catalogue & loaded if loaded is not None else named):
+        report.notes.append(RULES_NOT_LOADED)
+        return
+    by_tip = {tip.number: {alert.name for alert in tip.alerts} for tip in TIPS}
+    for result in report.tips:
+        active = sorted(a for a in ours if a[2] in by_tip[result.number])
+        if not active:
+            result.since = Since(state="inactive")
+            continue
+        state: AlertState = "firing" if any(a[1] == "firing" for a in active) else "pending"
+        result.since = Since(active_at=active[0][0], state=state, alert=active[0][2])
+
+
+def attach_scrape_window(report: Report, seconds: float) -> None:
+    """Two scrapes say only that a verdict holds within the seconds between them."""
+    for result in report.tips:
+        result.since = Since(within_seconds=seconds)

@@ -58,8 +58,9 @@ class Prometheus:
         self.extra: tuple[Matcher, ...] = (("job", "=", job),) if job is not None else ()
         self._cache: dict[Expr, Vector] = {}
 
-    def query(self, promql: str) -> list[dict[str, Any]]:
-        url = f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+    def _api(self, path: str, params: dict[str, str]) -> dict[str, Any]:
+        """The ``data`` of a successful answer of the HTTP API at ``path``."""
+        url = f"{self.url}{path}?" + urllib.parse.urlencode(params)
         try:
             content_type, body = _get(url, "Prometheus", shown=self.url)
         except _HTTPStatus as exc:
@@ -83,10 +84,32 @@ class Prometheus:
             raise SourceError(
                 f"Prometheus at {self.url} answered an error: {answer.get('errorType')}: {error}"
             )
-        data = answer.get("data") or {}
+        data = answer.get("data")
+        return data if isinstance(data, dict) else {}
+
+    def query(self, promql: str) -> list[dict[str, Any]]:
+        data = self._api("/api/v1/query", {"query": promql})
         if data.get("resultType") != "vector":
             raise SourceError(f"Prometheus at {self.url} answered a {data.get('resultType')}, not a vector")
         return list(data.get("result") or [])
+
+    def alerts(self) -> list[dict[str, Any]]:
+        """The pending and firing alerts (``/api/v1/alerts``): labels, state and ``activeAt`` each."""
+        alerts = self._api("/api/v1/alerts", {}).get("alerts")
+        if not isinstance(alerts, list):
+            raise SourceError(f"Prometheus at {self.url} answered alerts that are not a list")
+        return [alert for alert in alerts if isinstance(alert, dict)]
+
+    def alert_rules(self) -> set[str]:
+        """The names of the alerting rules loaded (``/api/v1/rules``), active or not."""
+        groups = self._api("/api/v1/rules", {"type": "alert"}).get("groups") or []
+        return {
+            str(rule.get("name"))
+            for group in groups
+            if isinstance(group, dict)
+            for rule in group.get("rules") or []
+            if isinstance(rule, dict)
+        }
 
     def vector(self, expr: Expr) -> Vector:
         if expr not in self._cache:
@@ -141,8 +164,8 @@ def two_scrapes(url: str, interval: float) -> tuple[VectorOf, float]:
     return scrape_vectors(before, after, seconds), seconds
 
 
-def profiles(url: str, token: str | None) -> list[dict[str, Any]]:
-    """The profile endpoint's listing of kept profiles."""
+def profiles(url: str, token: str | None) -> dict[str, Any]:
+    """The profile endpoint's listing: ``profiles`` kept, ``n_plus_one`` statements seen, ``pid``."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
         _, body = _get(url, "profiles", headers)
@@ -151,6 +174,10 @@ def profiles(url: str, token: str | None) -> list[dict[str, Any]]:
         raise SourceError(f"profiles at {url} answered HTTP {exc.status}{hint}") from None
     try:
         listing = json.loads(body)
-        return list(listing["profiles"])
-    except (ValueError, KeyError, TypeError):
+        kept = [dict(p) for p in listing["profiles"]]
+        # An app from before the N+1 table lists no ``n_plus_one``.
+        seen = [dict(row) for row in listing.get("n_plus_one") or []]
+        pid = listing.get("pid")
+    except (ValueError, KeyError, TypeError, AttributeError):
         raise SourceError(f"{url} did not answer a profile listing") from None
+    return {"pid": pid if isinstance(pid, int) else None, "profiles": kept, "n_plus_one": seen}

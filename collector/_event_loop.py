@@ -32,13 +32,12 @@ from typing import Any
 
 from collector import _faults
 from collector._context import RequestContext, snapshot
-from collector._frames import UNKNOWN_LOCATION, LocationNamer
+from collector._frames import OTHER_LOCATION, UNKNOWN_LOCATION, LocationNamer
 from collector._updates import observer
 from collector.metrics import EVENT_LOOP_LAG, EVENT_LOOP_STALLED_SECONDS, EVENT_LOOP_STALLS
 
 __all__ = ["UNKNOWN_LOCATION", "LocationNamer", "LoopMonitor", "stall_seconds"]
 
-OTHER_LOCATION = "other"
 GIL_PREFIX = "[gil] "
 LIBRARY_PREFIX = "[library] "
 # Below this share of one CPU during the probe, the loop thread was waiting, not running.

@@ -16,6 +16,8 @@ from types import CodeType, FrameType
 from typing import Any
 
 UNKNOWN_LOCATION = "unknown"
+# The location label that gathers the stall locations past their bound: no place in the code.
+OTHER_LOCATION = "other"
 
 
 def _library_dirs() -> tuple[str, ...]:

@@ -1,7 +1,9 @@
 """The profile endpoint: ``GET {profile_path}`` lists the kept profiles, ``/{id}`` renders one.
 
 Reading profiles needs the profile token, preferably as ``Authorization: Bearer``: a
-``?token=`` query parameter also works but lands in access logs.
+``?token=`` query parameter also works but lands in access logs. The listing also carries the N+1
+statements the process has seen (``collector._n_plus_one``): SQL fingerprints, behind the same token.
+Both are this process's: under gunicorn, those of the worker that answered (``pid``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from urllib.parse import parse_qs
 
 import anyio.to_thread
 
+from collector import _n_plus_one as n_plus_one
 from collector._frames import namer
 from collector._profile_render import hottest, html, speedscope
 from collector._profile_store import Store
@@ -84,7 +87,8 @@ def _listing(settings: Settings, store: Store | None) -> bytes:
                 "speedscope": base + SPEEDSCOPE_SUFFIX,
             }
         )
-    return json.dumps({"pid": os.getpid(), "profiles": profiles}).encode()
+    listing = {"pid": os.getpid(), "profiles": profiles, "n_plus_one": n_plus_one.entries()}
+    return json.dumps(listing).encode()
 
 
 async def serve(

@@ -33,6 +33,7 @@ from time import perf_counter
 from typing import Any
 
 from collector import _faults, _frames, _patches
+from collector import _n_plus_one as n_plus_one_table
 from collector import _routes as routes
 from collector._context import RequestContext, current
 from collector._settings import Settings, load
@@ -243,6 +244,8 @@ def _on_route_exit(ctx: RequestContext) -> None:
 
 def _report_n_plus_one(ctx: RequestContext, route: str, repeated: list[tuple[str, int, str]]) -> None:
     _child(_n_plus_one, DB_N_PLUS_ONE, route).inc()
+    for statement, repeats, where in repeated:
+        n_plus_one_table.record(route, statement, repeats, where)
     span = ctx.span
     if span is not None and span.is_recording():
         for statement, repeats, where in repeated:
@@ -442,6 +445,7 @@ def attach(source: str, refresh_pools: Callable[[], None]) -> None:
     """``source`` (an engine, a driver) reports statements now; its pools are read before each scrape."""
     if not _patches.active(COMPONENT):
         _patches.record(COMPONENT, "statement sources", _sources.clear)
+        _patches.record(COMPONENT, "N+1 table", n_plus_one_table.clear)
         routes.register(COMPONENT, routes.on_route_exit, _on_route_exit)
         routes.register(COMPONENT, REFRESHERS, _refresh)
     _sources[source] = refresh_pools

@@ -13,7 +13,7 @@ from typing import Any
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 
 from collector import _faults, _multiprocess
-from collector._settings import DEFAULT_LATENCY_BUCKETS, latency_buckets_from_environment
+from collector._buckets import DEFAULT_LATENCY_BUCKETS, latency_buckets_from_environment
 
 # Before the first metric: values go to the workers' shared files only if the directory is usable.
 _multiprocess.ensure_usable_value_store()

@@ -13,18 +13,25 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
 import pytest
 
-from collector._doctor import diagnose, scrape_vectors
+from collector._cli_doctor import render_text
+from collector._doctor import RULES_NOT_LOADED, attach_alerts, diagnose, scrape_vectors
+from collector.catalogue import TIPS, rules
+from collector.catalogue import yaml as catalogue_yaml
 from collector.catalogue.model import parse_scrape
-from collector.catalogue.tips import MIDDLEWARE_SHARE
-from tests.conftest import POSTGRES_URL, REDIS_URL, ROOT, VENV_BIN, free_port
+from collector.catalogue.tips import MIDDLEWARE_SHARE, SCRAPE_JOB
+from tests.conftest import POSTGRES_URL, REDIS_URL, ROOT, VENV_BIN, Server, free_port
+from tests.test_database import schema
+
+__all__ = ["schema"]  # the module fixture of tests/apps/db.py: ten parents with three children each
 
 PROMETHEUS = Path("/usr/bin/prometheus")
 TOKEN = "doctor-test-token-0123456789"
@@ -130,6 +137,88 @@ def test_a_slow_route_is_broken_unless_profiles_of_it_were_kept_as_in_the_alert(
     assert "silenced" in _tip(report, 10).why
 
 
+# Since when ---------------------------------------------------------------------------------------
+
+
+def _alerts_of(number: int) -> list[str]:
+    return [alert.name for tip in TIPS if tip.number == number for alert in tip.alerts]
+
+
+def _middleware_broken():  # type: ignore[no-untyped-def]
+    """Tip 8 broken on /a: half of its request time in middleware."""
+    before = _requests("/a", 0, 0) + _middleware("/a", 0, 0)
+    return _report(before, _requests("/a", 100, 10) + _middleware("/a", 100, 5))
+
+
+def test_a_tips_since_is_its_earliest_active_alert_of_the_job_and_firing_wins() -> None:
+    report = _middleware_broken()
+    report.at = datetime(2024, 5, 1, 3, 54, 30, tzinfo=UTC)
+    (middleware,) = _alerts_of(8)
+    n_plus_one, pool = _alerts_of(6)
+    alerts = [
+        {
+            "labels": {"alertname": middleware, "job": "api"},
+            "state": "pending",
+            "activeAt": "2024-05-01T03:12:07.5Z",
+        },
+        {
+            "labels": {"alertname": n_plus_one, "job": "api"},
+            "state": "firing",
+            "activeAt": "2024-05-01T03:40:00Z",
+        },
+        {"labels": {"alertname": pool, "job": "api"}, "state": "pending", "activeAt": "2024-05-01T03:20:00Z"},
+        {
+            "labels": {"alertname": middleware, "job": "other"},
+            "state": "firing",
+            "activeAt": "2024-05-01T01:00:00Z",
+        },
+        {
+            "labels": {"alertname": "NotOurs", "job": "api"},
+            "state": "firing",
+            "activeAt": "2024-05-01T00:00:00Z",
+        },
+    ]
+    attach_alerts(report, alerts, {middleware, n_plus_one, pool}, "api")
+    tips = {t["tip"]: t for t in report.as_dict()["tips"]}
+    assert tips[8]["since"] == "2024-05-01T03:12:07.500000+00:00" and tips[8]["alert_state"] == "pending"
+    assert tips[6]["since"] == "2024-05-01T03:20:00+00:00" and tips[6]["alert_state"] == "firing"
+    assert tips[6]["active_alert"] == pool  # the earliest of the tip's alerts; firing if any is
+    assert tips[7]["since"] is None and tips[7]["alert_state"] == "inactive"
+    assert report.notes == []
+    text = render_text(report, colour=False)
+    assert f"since 03:12 UTC (42 min ago), alert {middleware} pending" in text
+
+
+def test_without_the_catalogues_rules_since_is_unknown_said_once_in_the_notes() -> None:
+    no_rules, empty, others = _middleware_broken(), _middleware_broken(), _middleware_broken()
+    attach_alerts(no_rules, [], set(), None)  # the rules API lists none of the catalogue's alerts
+    attach_alerts(empty, [], None, None)  # the rules API did not answer; no alert is active
+    foreign = {"labels": {"alertname": "NotOurs"}, "state": "firing", "activeAt": "2024-05-01T00:00:00Z"}
+    attach_alerts(others, [foreign], None, None)
+    for report in (no_rules, empty, others):
+        assert report.notes == [RULES_NOT_LOADED]
+        assert all(t["since"] is None and t["alert_state"] is None for t in report.as_dict()["tips"])
+        text = render_text(report, colour=False)
+        assert text.count("since: unknown") == 1 and "alert rules are not loaded" in text
+
+
+# Start-up ------------------------------------------------------------------------------------------
+
+
+def test_the_doctor_loads_neither_pydantic_nor_the_mechanism_modules() -> None:
+    # What it reads (catalogue, metric names, location labels) sits in light foundation modules.
+    code = (
+        "import sys, collector._cli_doctor\n"
+        "heavy = ('pydantic', 'pydantic_settings', 'collector._settings', 'collector._event_loop', "
+        "'collector._sql', 'collector._routes')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
 # Bad input: one line, the right exit code -----------------------------------------------------------
 
 
@@ -211,12 +300,15 @@ def test_bad_arguments_are_one_line_and_exit_2() -> None:
     assert_one_line(doctor("--metrics-url", "ftp://example/metrics"), 2, "not an http(s) URL")
 
 
-def _prometheus(tmp: Path, target: str, *flags: str) -> tuple[subprocess.Popen[bytes], str]:
+def _prometheus(
+    tmp: Path, target: str, *flags: str, job: str = "shop", rule_files: tuple[Path, ...] = ()
+) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     config = tmp / "prometheus.yml"
     config.write_text(
         "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-        f"scrape_configs:\n  - job_name: shop\n    static_configs: [{{targets: ['{target}']}}]\n"
+        f"rule_files: {json.dumps([str(path) for path in rule_files])}\n"
+        f"scrape_configs:\n  - job_name: {job}\n    static_configs: [{{targets: ['{target}']}}]\n"
     )
     process = subprocess.Popen(
         [
@@ -407,6 +499,9 @@ def test_the_report_is_plain_text_off_a_tty_with_the_fix_and_runbook(served: tup
     assert lines[0].startswith("collector doctor: ") and "tip 6" in lines[0]
     assert any(line.strip().startswith("Fix: ") for line in lines)
     assert any("docs/runbooks/tip6-" in line for line in lines)
+    assert any(
+        line.strip().startswith("since: within the last ") and "(two scrapes)" in line for line in lines
+    )
 
 
 @pytest.mark.timeout(300)
@@ -442,3 +537,98 @@ def test_a_job_prometheus_does_not_have_is_one_line_and_exit_2(served: tuple[Sho
     _, prometheus = served
     time.sleep(2)
     assert_one_line(doctor("--prometheus", prometheus, "--job", "nosuch"), 2, "'nosuch'", "jobs seen: shop")
+
+
+@pytest.mark.timeout(300)
+def test_without_rules_in_prometheus_the_report_says_so_once(served: tuple[Shop, str]) -> None:
+    _, prometheus = served
+    report = json.loads(doctor("--prometheus", prometheus, "--job", "shop", "--format", "json").stdout)
+    assert report["notes"].count(RULES_NOT_LOADED) == 1
+    assert all(t["since"] is None for t in report["tips"])
+
+
+# The catalogue's rules in a real Prometheus, and an app's N+1 on PostgreSQL -------------------------------
+
+N_PLUS_ONE_ALERT = _alerts_of(6)[0]
+
+
+def _rules_with_short_windows(folder: Path) -> tuple[Path, ...]:
+    """The catalogue's rules over 20 s, the N+1 alert firing at once (the committed files untouched)."""
+    paths = []
+    for path, document in rules.documents(window="20s").items():
+        for group in document["groups"]:
+            for rule in group["rules"]:  # type: ignore[attr-defined]
+                if rule.get("alert") == N_PLUS_ONE_ALERT:
+                    rule["for"] = "0s"
+        target = folder / Path(path).name
+        target.write_text(catalogue_yaml.dump(document))
+        paths.append(target)
+    return tuple(paths)
+
+
+@pytest.mark.timeout(300)
+def test_with_the_rules_loaded_tip_6_says_since_when_its_alert_fires_and_lists_the_n_plus_one(
+    serve: Callable[..., Server], schema: str, tmp_path: Path
+) -> None:
+    if not PROMETHEUS.exists():
+        pytest.skip("needs /usr/bin/prometheus")
+    env = {
+        "DB_TEST_SCHEMA": schema,
+        "DB_TEST_CLOSED_PORT": str(free_port()),
+        "COLLECTOR_PROFILE_ENDPOINT": "true",
+        "COLLECTOR_PROFILE_TOKEN": TOKEN,
+    }
+    app = serve("tests.apps.db:app", env=env)
+    process, prometheus = _prometheus(
+        tmp_path,
+        app.url.removeprefix("http://"),
+        job=SCRAPE_JOB,
+        rule_files=_rules_with_short_windows(tmp_path),
+    )
+    stop = threading.Event()
+
+    def traffic() -> None:
+        with app.client() as client:
+            while not stop.is_set():
+                client.get("/parents/n-plus-one")
+                stop.wait(0.2)
+
+    runner = threading.Thread(target=traffic)
+    runner.start()
+    try:
+        deadline, firing = time.monotonic() + 120, []
+        while not firing and time.monotonic() < deadline:
+            time.sleep(1)
+            alerts = httpx.get(f"{prometheus}/api/v1/alerts", timeout=10).json()["data"]["alerts"]
+            firing = [
+                a for a in alerts if a["labels"]["alertname"] == N_PLUS_ONE_ALERT and a["state"] == "firing"
+            ]
+        assert firing, "the N+1 alert never fired"
+        args = ("--prometheus", prometheus, "--job", SCRAPE_JOB, "--since", "20s")
+        args += ("--profiles-url", f"{app.url}/_collector/profiles", "--token", TOKEN)
+        as_json, as_text = doctor(*args, "--format", "json"), doctor(*args)
+    finally:
+        stop.set()
+        runner.join()
+        _stop(process)
+
+    report = json.loads(as_json.stdout)
+    assert RULES_NOT_LOADED not in report["notes"]
+    tip = next(t for t in report["tips"] if t["tip"] == 6)
+    assert tip["status"] == "broken" and tip["route"] == "/parents/n-plus-one"
+    assert tip["alert_state"] == "firing" and tip["active_alert"] == N_PLUS_ONE_ALERT
+    active_at = datetime.fromisoformat(firing[0]["activeAt"])
+    assert tip["since"][:19] == active_at.astimezone(UTC).isoformat()[:19]
+    [row] = [r for r in tip["n_plus_one"] if r["route"] == "/parents/n-plus-one"]
+    assert f"FROM {schema}.children WHERE {schema}.children.parent_id = ?" in row["fingerprint"]
+    assert row["max_repeats"] == 10 and row["requests"] >= 1
+    assert row["location"].startswith("tests/apps/db.py:parents_n_plus_one:")
+
+    text = as_text.stdout
+    assert (
+        f"since {active_at.astimezone(UTC):%H:%M} UTC (" in text
+        and f"alert {N_PLUS_ONE_ALERT} firing" in text
+    )
+    assert f"N+1 statements seen by worker pid {report['worker_pid']}" in text
+    assert "from tests/apps/db.py:parents_n_plus_one:" in text
+    assert f"SELECT … FROM {schema}.children WHERE {schema}.children.parent_id = ?" in text
