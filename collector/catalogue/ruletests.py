@@ -10,8 +10,8 @@
   checked with ``promql_expr_test`` against the catalogue's own evaluator (``Expr.evaluate``).
 
 Annotations are rendered here the way Prometheus' template functions do it (``humanize``,
-``humanize1024``, ``humanizePercentage``, ``humanizeDuration``), for the forms the catalogue uses; an unknown form is
-a ``CatalogueError``, and promtool checks every rendering against its own.
+``humanize1024``, ``humanizePercentage``, ``humanizeDuration``), for the forms the catalogue uses; an
+unknown form is a ``CatalogueError``, and promtool checks every rendering against its own.
 """
 
 from __future__ import annotations
