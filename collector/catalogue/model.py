@@ -112,15 +112,25 @@ class Counter:
     by: tuple[str, ...] = ()
     # (gauge metric, its matchers, labels to join on): keep only series present in that gauge.
     where: tuple[str, tuple[Matcher, ...], tuple[str, ...]] | None = None
-    # (source, target): each series' ``source`` label read as ``target`` (a static mount as a route).
-    rename: tuple[str, str] | None = None
+    # (source, target, regex, replacement): PromQL's label_replace on each series before summing, e.g.
+    # a static mount's label read as the route that serves it (replacement ``$1`` is the first group).
+    rename: tuple[str, str, str, str] | None = None
 
     @property
     def labels(self) -> tuple[str, ...]:
         if self.rename is None:
             return (*COMMON_BY, *self.by)
-        source, target = self.rename
+        source, target, _, _ = self.rename
         return (*COMMON_BY, *(target if label == source else label for label in self.by))
+
+    def _renamed(self, labels: Mapping[str, str]) -> Mapping[str, str]:
+        if self.rename is None:
+            return labels
+        source, target, regex, replacement = self.rename
+        found = re.fullmatch(regex, labels.get(source, ""))
+        if found is None:
+            return labels
+        return {**labels, target: replacement.replace("$1", found.group(1) or "")}
 
     def promql(self, window: str, extra: Sequence[Matcher] = ()) -> str:
         return f"sum by ({', '.join(self.labels)}) ({self.rates(window, extra)})"
@@ -134,8 +144,9 @@ class Counter:
                 f"{inner} and on ({', '.join((*COMMON_BY, 'instance', *on))}) {selector(gauge, match, extra)}"
             )
         if self.rename is not None:
-            source, target = self.rename
-            inner = f'label_replace({inner}, "{target}", "$1", "{source}", "(.*)")'
+            source, target, regex, replacement = self.rename
+            inner = f"label_replace({inner}, {json.dumps(target)}, {json.dumps(replacement)}, "
+            inner += f"{json.dumps(source)}, {json.dumps(regex)})"
         return inner
 
     def evaluate(self, before: Scrape, after: Scrape, seconds: float) -> Vector:
@@ -151,9 +162,9 @@ class Counter:
             if allowed is not None and _key(labels, self.where[2] if self.where else ()) not in allowed:
                 continue
             old = previous.get(_key(labels, sorted(labels)), 0.0)
-            if self.rename is not None:
-                labels = {**labels, self.rename[1]: labels.get(self.rename[0], "")}
-            out[_key(labels, self.labels)] += (value - old if value >= old else value) / seconds
+            out[_key(self._renamed(labels), self.labels)] += (
+                value - old if value >= old else value
+            ) / seconds
         return dict(out)
 
 

@@ -326,7 +326,14 @@ RESPONSE_SIZE_LIMIT = Threshold(
 )
 STATIC_BY_ROUTE = Signal(
     "fastapi_static_responses_by_route",
-    Counter(n.STATIC_RESPONSES, by=("mount",), rename=("mount", "route")),
+    # A FileResponse's mount label is its route; a StaticFiles mount at /static (or a frontend at /) serves
+    # the route /static/{path} (/{path}). The two parts differ in their route label, so ``or`` keeps both.
+    Total(
+        (
+            Counter(n.STATIC_RESPONSES, by=("mount",), rename=("mount", "route", "(.*)", "$1")),
+            Counter(n.STATIC_RESPONSES, by=("mount",), rename=("mount", "route", "(.*?)/?", "$1/{path}")),
+        )
+    ),
     "reqps",
     "Files sent per second (StaticFiles mounts, FileResponse), by the route or mount that sent them.",
 )
