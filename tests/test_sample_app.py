@@ -167,8 +167,10 @@ def test_nested_response_model_costs_validation_and_bytes_and_lean_twin_does_not
 def test_one_millisecond_expiry_misses_every_time_and_five_minutes_hits(shop: Server) -> None:
     bad = _delta(shop, ["/bad/popular-products"] * 20)
     good = _delta(shop, ["/good/popular-products"] * 20)
-    assert bad("fastapi_cache_requests_total", cache="shop", result="miss") >= 19
-    assert bad("fastapi_cache_requests_total", cache="shop", result="hit") <= 1
+    # Near 0 against near 1. On an oversubscribed machine a 1 ms entry is now and then read before Redis
+    # sees it expire (4 hits of 20 were seen beside stress-ng), so the broken side is bounded, not exact.
+    assert bad("fastapi_cache_requests_total", cache="shop", result="miss") >= 14
+    assert bad("fastapi_cache_requests_total", cache="shop", result="hit") <= 6
     assert good("fastapi_cache_requests_total", cache="shop", result="hit") >= 19
 
 
