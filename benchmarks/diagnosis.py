@@ -33,6 +33,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +59,7 @@ WHERE: dict[int, tuple[str, tuple[str, ...]]] = {
 # request to their broken variant every this many seconds (tip 10: weight 0.1, 0.08/s at 8 req/s).
 TOP_UP: dict[int, float] = {10: 4.0}
 # Tip 10's quadratic scan must pass the 0.5 s p99 on an idle machine: 0.3 to 0.6 s a request at 4,000
-# customers (seen at 05:30 on an idle machine), about twice that at 6,000.
+# customers (seen on an idle machine), so the run uses more.
 SAMPLE_SIZE = "6000"
 # The code a right diagnosis names: tip 9 the stall location, tip 10 the slowest profile's hottest function.
 CODE: dict[int, str] = {9: "exchange_rate_blocking", 10: "recommend_slowly"}
@@ -177,15 +178,30 @@ def attempt(tip: int | None, args: argparse.Namespace) -> dict[str, Any]:
         return {"error": str(exc), "broken": [], "named_first": False, "false_alarms": []}
 
 
-def top_up(shop: str, tip: int, every: float, stop: threading.Event) -> None:
-    """One more request to the tip's broken feature every ``every`` seconds, until ``stop``."""
+@contextlib.contextmanager
+def topped_up(shop: str, tip: int | None) -> Iterator[None]:
+    """While inside: one more request to the tip's broken feature every ``TOP_UP[tip]`` seconds."""
+    if tip not in TOP_UP:
+        yield
+        return
+    stop = threading.Event()
     rng = random.Random(17)
     counts = seed.counts(int(SAMPLE_SIZE))
-    with httpx.Client(base_url=shop, timeout=60) as client:
-        while not stop.wait(every):
-            for feature in features(tip):
-                with contextlib.suppress(httpx.HTTPError):
-                    client.get(fill(rng.choice(feature.bad), rng, counts))
+
+    def send() -> None:
+        with httpx.Client(base_url=shop, timeout=60) as client:
+            while not stop.wait(TOP_UP[tip]):
+                for feature in features(tip):
+                    with contextlib.suppress(httpx.HTTPError):
+                        client.get(fill(rng.choice(feature.bad), rng, counts))
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        sender.join()
 
 
 def measure(
@@ -197,29 +213,19 @@ def measure(
     local: list[dict[str, Any]] = []
     scrapes = arguments(metrics_url=metrics, interval=seconds, profiles_url=profiles)
     scraper = threading.Thread(target=lambda: local.append(attempt(tip, scrapes)))
-    stop = threading.Event()
-    extra = threading.Thread(target=top_up, args=(shop, tip, TOP_UP[tip], stop)) if tip in TOP_UP else None
-    scraper.start()
-    if extra is not None:
-        extra.start()
-    time.sleep(1)
-    drive(shop, scenario, max(1.0, seconds - 2), rate, seed=11)
-    scraper.join()
-    stop.set()
-    if extra is not None:
-        extra.join()
+    with topped_up(shop, tip):
+        scraper.start()
+        time.sleep(1)
+        drive(shop, scenario, max(1.0, seconds - 2), rate, seed=11)
+        scraper.join()
     window = arguments(prometheus=prometheus, job="shop", since=f"{round(seconds)}s", profiles_url=profiles)
     return {"scenario": scenario, "scrapes": local[0], "prometheus": attempt(tip, window)}
 
 
 def profiled_code(shop: str, metrics: str, seconds: float, rate: float) -> str | None:
     """Tip 10 followed: with profiling on, the doctor's slowest profile names the slow code."""
-    stop = threading.Event()
-    extra = threading.Thread(target=top_up, args=(shop, 10, TOP_UP[10], stop))
-    extra.start()
-    drive(shop, "tip=10", seconds, rate, seed=13)
-    stop.set()
-    extra.join()
+    with topped_up(shop, 10):
+        drive(shop, "tip=10", seconds, rate, seed=13)
     profiles = f"{shop}/_collector/profiles"
     report = build_report(arguments(metrics_url=metrics, interval=1.0, profiles_url=profiles))
     return hottest(report)

@@ -214,36 +214,14 @@ def tip_cases(tip: Tip, alert: Alert) -> list[dict[str, object]]:
             f"{alert.name} stays silent at the threshold {threshold:g}", inputs(threshold), alert.name, at, []
         ),
     ]
+    silent: list[tuple[str, list[tuple[str, float]]]] = []
     if check.guard is not None:
-        cases.append(
-            _case(
-                f"{alert.name} stays silent under the traffic guard",
-                inputs(breach, guard_ok=False),
-                alert.name,
-                at,
-                [],
-            )
-        )
+        silent.append(("under the traffic guard", inputs(breach, guard_ok=False)))
     if check.floor is not None:
-        cases.append(
-            _case(
-                f"{alert.name} stays silent under the floor of {check.floor.minimum.format()}",
-                inputs(breach, floor_ok=False),
-                alert.name,
-                at,
-                [],
-            )
-        )
+        silent.append((f"under the floor of {check.floor.minimum.format()}", inputs(breach, floor_ok=False)))
     if check.unless is not None:
-        cases.append(
-            _case(
-                f"{alert.name} stays silent when {check.unless.name} is above 0",
-                inputs(breach, unless=1.0),
-                alert.name,
-                at,
-                [],
-            )
-        )
+        silent.append((f"when {check.unless.name} is above 0", inputs(breach, unless=1.0)))
+    cases += [_case(f"{alert.name} stays silent {why}", data, alert.name, at, []) for why, data in silent]
     return cases
 
 

@@ -319,8 +319,8 @@ RESPONSE_SIZE_LIMIT = Threshold(
     reason=(
         "Measured: the sample's nested order list answers 968 KiB (50 orders with customer, lines and "
         "products), its lean summary 9.7 KiB and the largest fixed response (recent orders) 97 KiB. Sizes "
-        "do not depend on the machine's load, unlike the validation share (8 to 35 % on the same route "
-        "from one run to the next). The size buckets put 97 KiB under 100 kB and the nested list in (100 "
+        "do not depend on the machine's load, unlike the validation share (8 to 18 % on the nested list "
+        "across today's runs). The size buckets put 97 KiB under 100 kB and the nested list in (100 "
         "kB, 1 MB], so 256 KiB separates them."
     ),
 )
@@ -855,7 +855,7 @@ MIDDLEWARE_FLOOR = Threshold(
         "Measured on an idle 2-core machine: 0.09 to 0.27 ms a request on every route of the sample's "
         "fixed mix (Starlette's own error and exception layers, routing, the collector), 1.0 ms on the "
         "account API behind three BaseHTTPMiddleware layers. A fast cached route spends 13 to 17 % of its "
-        "0.8 ms in that fixed cost; the share alone would blame it."
+        "0.7 to 1 ms in that fixed cost; the share alone would blame it."
     ),
 )
 MIDDLEWARE_MEAN = Signal(
