@@ -522,3 +522,44 @@ def test_demo_ends_by_itself_with_the_summary_and_the_full_stack_pointer() -> No
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "FastAPITip6NPlusOne: " in result.stdout and "on route=/bad/orders/recent" in result.stdout
     assert "docker compose up" in result.stdout
+
+
+def test_demo_says_so_when_the_app_dies_during_the_load() -> None:
+    """An app that dies mid-demo (here of SIGSEGV) is reported with its exit status and log, not a report."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    demo = subprocess.Popen(
+        ["./scripts/demo", "--seconds", "8", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        seen = []
+        assert demo.stdout is not None
+        for line in demo.stdout:  # the app is up once the demo starts driving the load
+            seen.append(line)
+            if "driving the" in line:
+                break
+        assert "driving the" in "".join(seen), "".join(seen)
+        found = subprocess.run(
+            ["pgrep", "-f", f"uvicorn sample_app.main:app --host 127.0.0.1 --port {port} "],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        pids = [int(pid) for pid in found.stdout.split()]
+        assert len(pids) == 1, found
+        os.kill(pids[0], signal.SIGSEGV)
+        out, err = demo.communicate(timeout=120)
+        out = "".join(seen) + out
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.communicate()
+    assert demo.returncode == 1, out[-2000:] + err[-2000:]
+    assert "the sample app stopped during the load (exit status 139" in err
+    assert "Fatal Python error: Segmentation fault" in err  # faulthandler's stacks, from the app's log
+    assert "doctor's report" not in out
