@@ -120,6 +120,9 @@ def start_shop(
     for leftover in multiproc.glob("*.db"):  # a new app starts from zero, as in a new container
         leftover.unlink()
     environment = {**env, "COLLECTOR_PROFILE": "true" if profile else "false"}
+    # Tip 10's code column reads a profile: on Python 3.11 the profiler runs only when asked for by
+    # name (README, "Profiling on Python 3.11"); a benchmark run of minutes takes that risk.
+    environment["COLLECTOR_PROFILE_ON_PYTHON311"] = "true"
     if gunicorn:
         environment["PROMETHEUS_MULTIPROC_DIR"] = str(multiproc)
         command = [sys.executable, "-m", "sample_app.serve", "--port", str(port)]

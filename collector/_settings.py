@@ -6,6 +6,7 @@ import difflib
 import logging
 import os
 import re
+import sys
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -20,6 +21,12 @@ _PREFIX = "COLLECTOR_"
 # One or more segments, no trailing slash: "/" would take every route of the app.
 _PATH = re.compile(r"(/[^/?#\s]+)+")
 _warned_unknown: set[str] = set()
+# Sampling another thread's stack (sys._current_frames(), as the profiler does every few
+# milliseconds) corrupts CPython 3.11's heap under load: a sample app on SQLAlchemy's async ORM
+# died of SIGSEGV within minutes of profiling at 0.2 ms, never with profiling off, and ran clean
+# on 3.12 and 3.13 (benchmarks/results/profiler-crash.md). Profiling there is opt-in at that risk.
+PROFILE_SAFE_PYTHON = (3, 12)
+_warned_profile = False
 
 
 class ConfigError(ValueError):
@@ -60,6 +67,8 @@ class Settings(BaseSettings):
     profile_percentile: float = Field(default=99.0, gt=0, le=100)
     # At 5 ms the sampler thread took ~1.5 % of a saturated core; at 1 ms 3-5 %, and ~9 % of sync requests/s.
     profile_interval: float = Field(default=0.005, gt=0, le=1)
+    # Profile on Python 3.11 anyway (see PROFILE_SAFE_PYTHON): off unless asked for by name.
+    profile_on_python311: bool = False
     profile_store_count: int = Field(default=50, ge=1, le=10_000)
     profile_store_bytes: int = Field(default=20_000_000, ge=10_000)
     profile_endpoint: bool = False
@@ -174,7 +183,7 @@ def load(**overrides: Any) -> Settings:
             f"collector: latency_buckets is read when collector is imported; set {LATENCY_BUCKETS_VARIABLE}"
         )
     try:
-        return Settings(**overrides)
+        return _profile_where_safe(Settings(**overrides))
     except ValidationError as exc:
         problems = []
         from_keywords = False
@@ -195,3 +204,19 @@ def load(**overrides: Any) -> Settings:
         if from_keywords:
             raise ConfigError(text) from None
         raise SystemExit(text) from None
+
+
+def _profile_where_safe(settings: Settings) -> Settings:
+    """The settings, with profiling off on a Python where sampling other threads can crash the app."""
+    global _warned_profile
+    if not settings.profile or sys.version_info >= PROFILE_SAFE_PYTHON or settings.profile_on_python311:
+        return settings
+    if not _warned_profile:
+        _warned_profile = True
+        logger.warning(
+            "collector: profiling is off on Python %d.%d: sampling other threads' stacks can crash "
+            "CPython 3.11 under load (fixed in 3.12); COLLECTOR_PROFILE_ON_PYTHON311=true profiles "
+            "anyway, at that risk",
+            *sys.version_info[:2],
+        )
+    return settings.model_copy(update={"profile": False})

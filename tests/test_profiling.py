@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from datetime import datetime
 from time import perf_counter
@@ -16,6 +17,7 @@ PATH = "/_collector/profiles"
 APP = "tests.apps.profiling:app"
 BASE_ENV = {
     "COLLECTOR_PROFILE": "true",
+    "COLLECTOR_PROFILE_ON_PYTHON311": "true",  # the profiler under test, on every Python
     "COLLECTOR_PROFILE_THRESHOLD": "0.2",
     "COLLECTOR_PROFILE_ENDPOINT": "true",
     "COLLECTOR_PROFILE_TOKEN": TOKEN,
@@ -320,6 +322,21 @@ def test_profiling_is_off_by_default_and_keeps_nothing(serve: Any) -> None:
     assert value(server.metrics(), "fastapi_profiles_captured_total") == 0
 
 
+def test_on_python_3_11_profiling_is_off_unless_asked_for_by_name(serve: Any) -> None:
+    """Sampling other threads' stacks can crash CPython 3.11: there, COLLECTOR_PROFILE alone keeps nothing."""
+    server = start(serve, unset=("COLLECTOR_PROFILE_ON_PYTHON311",))
+    assert server.get("/cpu", params={"seconds": 0.25}).status_code == 200
+    log = server.output()
+    if sys.version_info < (3, 12):
+        assert listing(server) == []
+        assert value(server.metrics(), "fastapi_profiles_captured_total") == 0
+        assert log.count("collector: profiling is off on Python 3.11") == 1, log
+        assert "COLLECTOR_PROFILE_ON_PYTHON311=true" in log
+    else:
+        only_profile(server, "/cpu")
+        assert "profiling is off" not in log
+
+
 def test_a_token_that_is_not_ascii_is_refused_not_an_error(serve: Any) -> None:
     server = start(serve)
     with server.client() as client:
@@ -370,7 +387,7 @@ def test_undoing_the_profiler_restores_run_sync_and_stops_its_thread() -> None:
     from collector import _routes as routes
 
     app = FastAPI()
-    collector.instrument(app, profile=True)
+    collector.instrument(app, profile=True, profile_on_python311=True)
     original = (
         anyio.to_thread.run_sync
     )  # as the rest of the collector left it: the profiler starts on the loop
