@@ -1178,6 +1178,8 @@ TIP10 = Tip(
                 "and nothing in *Profiles kept*.",
                 causes=(
                     "Profiling is off (the default).",
+                    "Python 3.11 without COLLECTOR_PROFILE_ON_PYTHON311=true: profiling there is off "
+                    "(the app's log says so once), since sampling other threads can crash CPython 3.11.",
                     "The profile threshold is above the route's latency.",
                 ),
                 fix="Keep profiles of slow requests and read them.",
