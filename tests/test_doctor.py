@@ -451,6 +451,14 @@ def _borderline(tip: dict[str, object]) -> bool:
     )
 
 
+def _broken_routes(tip: dict[str, object]) -> set[object]:
+    """The routes of a tip's broken findings, and its worst route (None when it names none)."""
+    findings = tip["findings"]
+    assert isinstance(findings, list)
+    routes = {f["labels"].get("route") for f in findings if f["status"] == "broken"}
+    return routes | {tip["route"]}
+
+
 @pytest.mark.timeout(420)
 def test_both_modes_agree_on_the_same_traffic(served: tuple[Shop, str]) -> None:
     shop, prometheus = served
@@ -482,8 +490,14 @@ def test_both_modes_agree_on_the_same_traffic(served: tuple[Shop, str]) -> None:
     ]
     assert len(decided) >= 5, (by_scrapes, by_prometheus)
     for n in decided:
-        assert by_scrapes[n]["status"] == by_prometheus[n]["status"], (n, by_scrapes[n], by_prometheus[n])
-        assert by_scrapes[n]["route"] == by_prometheus[n]["route"] or by_scrapes[n]["status"] == "ok", n
+        both = (n, by_scrapes[n], by_prometheus[n])
+        assert by_scrapes[n]["status"] == by_prometheus[n]["status"], both
+        if by_scrapes[n]["status"] == "ok":
+            continue
+        # Two routes past the threshold may swap first place between the modes' windows on a busy
+        # machine: each mode's worst route is one the other judges broken too.
+        assert by_scrapes[n]["route"] in _broken_routes(by_prometheus[n]), both
+        assert by_prometheus[n]["route"] in _broken_routes(by_scrapes[n]), both
     assert (local[0].returncode == 1) == bool(broken_locally)
 
 
