@@ -452,7 +452,7 @@ def _borderline(tip: dict[str, object]) -> bool:
 
 
 def _broken_routes(tip: dict[str, object]) -> set[object]:
-    """The routes a tip's broken findings name: empty for a service-wide alert (tip 2, tip 4)."""
+    """The routes a tip's broken findings name: empty for a service-wide alert (tips 1, 2, 4, 9)."""
     findings = tip["findings"]
     assert isinstance(findings, list)
     return {f["labels"]["route"] for f in findings if f["status"] == "broken" and "route" in f["labels"]}
